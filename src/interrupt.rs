@@ -1,0 +1,48 @@
+//! The one place that blocks on tokio from the backend thread, while honouring cancel.
+
+use std::future::Future;
+use std::time::Duration;
+
+use pgrx::pg_sys;
+use tokio::runtime::Runtime;
+
+use crate::error::{Error, Result};
+
+/// How often a wait looks at the interrupt flags: a cancel stops a request within this.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs `future` to completion on `runtime`, or stops it when the query is cancelled (user
+/// cancel, statement_timeout, termination). Postgres is only entered after the future is gone:
+/// its ERROR must never unwind through a running tokio poll.
+pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
+    pgrx::check_for_interrupts!();
+    let finished = runtime.block_on(async {
+        tokio::pin!(future);
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut future => return Some(output),
+                _ = tick.tick() => if interrupt_pending() { return None },
+            }
+        }
+    });
+    match finished {
+        Some(output) => Ok(output),
+        None => {
+            pgrx::check_for_interrupts!();
+            // Interrupts were held off: still stop, with the cancel's own SQLSTATE.
+            Err(Error::cancelled())
+        }
+    }
+}
+
+fn interrupt_pending() -> bool {
+    // SAFETY: plain reads of sig_atomic_t flags that signal handlers set; block_on polls this
+    // future on the calling (backend) thread.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+    }
+}

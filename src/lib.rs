@@ -1,0 +1,28 @@
+//! pg_apisync: pull data from HTTP/JSON APIs into PostgreSQL tables.
+//!
+//! Spec (validated arguments) → fetch (tokio, pages over a bounded channel) → extract (JSONPath,
+//! column mapping) → sink (the SRF). Only the backend thread calls Postgres.
+
+pub mod error;
+pub mod extract;
+pub mod fetch;
+pub mod interrupt;
+pub mod settings;
+pub mod spec;
+pub mod sql;
+
+::pgrx::pg_module_magic!(name, version);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::init();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,74 @@
+//! Every `apisync.*` setting, in one place. Read them on the backend thread only, into plain Rust
+//! values (`limits()`), before any async code runs.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::spec::Limits;
+
+const DEFAULT_USER_AGENT: &CStr =
+    match CStr::from_bytes_with_nul(concat!("pg_apisync/", env!("CARGO_PKG_VERSION"), "\0").as_bytes())
+    {
+        Ok(agent) => agent,
+        Err(_) => panic!("the user agent literal has an interior NUL"),
+    };
+
+pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+pub static USER_AGENT: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_USER_AGENT));
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"apisync.http_timeout_ms",
+        c"Time limit of one HTTP request, and the most options.timeout_ms may ask for.",
+        c"Covers connecting, sending and reading the whole response.",
+        &HTTP_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"apisync.max_response_bytes",
+        c"Size limit of one HTTP response body, and the most options.max_response_bytes may ask for.",
+        c"Counted while the body streams in, after decompression.",
+        &MAX_RESPONSE_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_string_guc(
+        c"apisync.user_agent",
+        c"User-Agent header sent with every request that does not set its own.",
+        c"Empty sends no User-Agent.",
+        &USER_AGENT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    reserve_prefix();
+}
+
+/// A misspelt `apisync.*` setting is an error rather than a silent placeholder.
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+fn reserve_prefix() {
+    // SAFETY: called from _PG_init on the backend thread with a static C string.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"apisync".as_ptr()) }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+fn reserve_prefix() {}
+
+/// The settings that bound a request, as plain values for the Postgres-free code.
+pub fn limits() -> Limits {
+    Limits {
+        http_timeout_ms: HTTP_TIMEOUT_MS.get().max(1) as u64,
+        max_response_bytes: MAX_RESPONSE_BYTES.get().max(1) as u64,
+        user_agent: USER_AGENT
+            .get()
+            .map(|agent| agent.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}

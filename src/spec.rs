@@ -1,0 +1,719 @@
+//! The request spec: the SQL arguments of `api_request` / `api_fetch`, parsed and validated once,
+//! before any request is made. Plain Rust; the SQL layer reads settings into `Limits` first.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::extract::RowPath;
+
+/// What the session's settings allow; read on the backend thread before anything else.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `apisync.http_timeout_ms`: the default and the most a call may ask for.
+    pub http_timeout_ms: u64,
+    /// `apisync.max_response_bytes`: the default and the most a call may ask for.
+    pub max_response_bytes: u64,
+    /// `apisync.user_agent`.
+    pub user_agent: String,
+}
+
+/// The SQL arguments shared by `api_request` and `api_fetch`, as Rust values.
+#[derive(Debug, Default)]
+pub struct RequestArgs<'a> {
+    pub url: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub body: Option<Value>,
+    pub headers: Option<Value>,
+    pub options: Option<Value>,
+}
+
+/// One HTTP request, ready to send.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Body,
+    pub timeout: Duration,
+    pub max_response_bytes: u64,
+    /// Values that must never be shown: scrubbed from every error.
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    None,
+    Bytes { content: Vec<u8>, content_type: String },
+}
+
+/// Everything `api_fetch` needs besides the row type.
+#[derive(Debug)]
+pub struct FetchSpec {
+    pub request: RequestSpec,
+    pub path: RowPath,
+    /// `options.columns`: column name → JSONPath relative to the row, in the order given.
+    pub columns: Vec<(String, RowPath)>,
+}
+
+/// `options`: every key of DESIGN.md §2.1; anything else is an error, so a typo is never ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    query: Option<Map<String, Value>>,
+    auth: Option<Auth>,
+    max_pages: Option<u32>,
+    max_response_bytes: Option<u64>,
+    concurrency: Option<u32>,
+    columns: Option<Map<String, Value>>,
+    form: Option<Map<String, Value>>,
+    body_text: Option<String>,
+    content_type: Option<String>,
+}
+
+/// `options.auth` (DESIGN.md §2.5). Secrets by name and OAuth2 come with the secrets store.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Auth {
+    Bearer {
+        token: Option<String>,
+        secret: Option<String>,
+    },
+    Basic {
+        username: String,
+        password: Option<String>,
+        secret: Option<String>,
+    },
+    ApiKey {
+        name: String,
+        #[serde(rename = "in", default)]
+        place: ApiKeyPlace,
+        value: Option<String>,
+        secret: Option<String>,
+    },
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials {},
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ApiKeyPlace {
+    #[default]
+    Header,
+    Query,
+}
+
+const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Headers the client owns: setting them by hand would corrupt the exchange.
+const MANAGED_HEADERS: [&str; 4] = ["content-length", "transfer-encoding", "connection", "host"];
+
+impl RequestSpec {
+    /// The URL as errors show it: no user info, and query values that carry secrets masked.
+    pub fn display_url(&self) -> String {
+        display_url(&self.url, &self.secrets)
+    }
+}
+
+/// Parses the arguments of `api_request`; `api_fetch` adds its own on top (see `FetchSpec::parse`).
+pub fn parse_request(args: RequestArgs<'_>, limits: &Limits) -> Result<RequestSpec> {
+    Ok(parse_common(args, limits)?.0)
+}
+
+impl FetchSpec {
+    pub fn parse(
+        args: RequestArgs<'_>,
+        path: &str,
+        paging: Option<&Value>,
+        limits: &Limits,
+    ) -> Result<FetchSpec> {
+        let path = RowPath::parse(path)?;
+        if let Some(paging) = paging {
+            validate_paging(paging)?;
+        }
+        let (request, options) = parse_common(args, limits)?;
+        let columns = options
+            .columns
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(column, path)| match path {
+                Value::String(path) => Ok((column, RowPath::parse(&path)?)),
+                other => Err(Error::invalid(format!(
+                    "options.columns.{column} must be a JSONPath string, not {}",
+                    json_kind(&other)
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FetchSpec { request, path, columns })
+    }
+}
+
+fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, Options)> {
+    let options = parse_options(args.options)?;
+    let method = parse_method(args.method.unwrap_or("GET"))?;
+    let mut url = parse_url(args.url)?;
+    let mut secrets = Vec::new();
+    let mut headers = parse_headers(args.headers)?;
+
+    if let Some(query) = &options.query {
+        let mut pairs = url.query_pairs_mut();
+        for (name, value) in query {
+            for text in query_values(name, value)? {
+                pairs.append_pair(name, &text);
+            }
+        }
+    }
+    if let Some(auth) = &options.auth {
+        apply_auth(auth, &mut url, &mut headers, &mut secrets)?;
+    }
+    if let Some(password) = url.password() {
+        secrets.push(password.to_string());
+    }
+
+    let body = parse_body(args.body, &options)?;
+    check_content_type(&body)?;
+    let timeout_ms = bounded(
+        "timeout_ms",
+        options.timeout_ms,
+        limits.http_timeout_ms,
+        "apisync.http_timeout_ms",
+    )?;
+    let max_response_bytes = bounded(
+        "max_response_bytes",
+        options.max_response_bytes,
+        limits.max_response_bytes,
+        "apisync.max_response_bytes",
+    )?;
+    if !headers.contains_key(reqwest::header::USER_AGENT) && !limits.user_agent.is_empty() {
+        let agent = HeaderValue::from_str(&limits.user_agent)
+            .map_err(|_| Error::invalid("apisync.user_agent is not a valid header value"))?;
+        headers.insert(reqwest::header::USER_AGENT, agent);
+    }
+    for (key, value) in [("retries", options.retries), ("max_pages", options.max_pages)] {
+        if value.is_some() {
+            return Err(Error::not_supported(format!(
+                "options.{key} is not supported yet"
+            )));
+        }
+    }
+    if options.concurrency.is_some() {
+        return Err(Error::not_supported("options.concurrency is not supported yet"));
+    }
+    let spec = RequestSpec {
+        method,
+        url,
+        headers,
+        body,
+        timeout: Duration::from_millis(timeout_ms),
+        max_response_bytes,
+        secrets,
+    };
+    Ok((spec, options))
+}
+
+fn parse_options(options: Option<Value>) -> Result<Options> {
+    match options {
+        None | Some(Value::Null) => Ok(Options::default()),
+        Some(value @ Value::Object(_)) => Options::deserialize(value)
+            .map_err(|e| Error::invalid(format!("invalid options: {e}"))),
+        Some(other) => Err(Error::invalid(format!(
+            "options must be a JSON object, not {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn parse_method(method: &str) -> Result<Method> {
+    let upper = method.trim().to_ascii_uppercase();
+    if !METHODS.contains(&upper.as_str()) {
+        return Err(Error::invalid(format!("unsupported HTTP method \"{method}\""))
+            .with_hint(format!("use one of {}", METHODS.join(", "))));
+    }
+    Method::from_bytes(upper.as_bytes()).map_err(|_| Error::internal("method table is wrong"))
+}
+
+fn parse_url(url: Option<&str>) -> Result<Url> {
+    let text = url.map(str::trim).unwrap_or_default();
+    if text.is_empty() {
+        return Err(Error::new(
+            crate::error::SqlState::NullValueNotAllowed,
+            "url must not be NULL or empty",
+        ));
+    }
+    let parsed = Url::parse(text).map_err(|e| {
+        let err = Error::invalid(format!("invalid url \"{}\": {e}", display_raw_url(text)));
+        match e {
+            url::ParseError::RelativeUrlWithoutBase => {
+                err.with_hint("give an absolute URL, such as http://127.0.0.1:8080/api/users")
+            }
+            _ => err,
+        }
+    })?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(Error::invalid(format!(
+                "unsupported URL scheme \"{other}\": only http and https are allowed"
+            )))
+        }
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid("invalid url: it has no host"));
+    }
+    Ok(parsed)
+}
+
+fn parse_headers(headers: Option<Value>) -> Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    let object = match headers {
+        None | Some(Value::Null) => return Ok(map),
+        Some(Value::Object(object)) => object,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "headers must be a JSON object of strings, not {}",
+                json_kind(&other)
+            )))
+        }
+    };
+    for (name, value) in object {
+        let Value::String(text) = value else {
+            return Err(Error::invalid(format!(
+                "header \"{name}\" must be a string, not {}",
+                json_kind(&value)
+            )));
+        };
+        if name.contains(['\r', '\n']) || text.contains(['\r', '\n']) {
+            return Err(Error::invalid(format!(
+                "header \"{}\" contains a line break (CR or LF), which is not allowed",
+                name.escape_default()
+            )));
+        }
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::invalid(format!("invalid header name \"{name}\"")))?;
+        if MANAGED_HEADERS.contains(&header.as_str()) {
+            return Err(Error::invalid(format!(
+                "header \"{name}\" is set by the HTTP client and cannot be given"
+            )));
+        }
+        let value = HeaderValue::from_str(&text)
+            .map_err(|_| Error::invalid(format!("invalid value for header \"{name}\"")))?;
+        map.append(header, value);
+    }
+    Ok(map)
+}
+
+fn parse_body(body: Option<Value>, options: &Options) -> Result<Body> {
+    let given = [
+        ("body", body.is_some()),
+        ("options.form", options.form.is_some()),
+        ("options.body_text", options.body_text.is_some()),
+    ];
+    let named: Vec<&str> = given.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
+    if named.len() > 1 {
+        return Err(Error::invalid(format!(
+            "give only one request body, not {}",
+            named.join(" and ")
+        )));
+    }
+    let content_type = options.content_type.clone();
+    if let Some(form) = &options.form {
+        if content_type.is_some() {
+            return Err(Error::invalid(
+                "options.content_type cannot be combined with options.form",
+            ));
+        }
+        let mut encoder = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in form {
+            for text in query_values(name, value)? {
+                encoder.append_pair(name, &text);
+            }
+        }
+        return Ok(Body::Bytes {
+            content: encoder.finish().into_bytes(),
+            content_type: "application/x-www-form-urlencoded".into(),
+        });
+    }
+    if let Some(text) = &options.body_text {
+        return Ok(Body::Bytes {
+            content: text.clone().into_bytes(),
+            content_type: content_type.unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+        });
+    }
+    match body {
+        Some(json) => Ok(Body::Bytes {
+            content: serde_json::to_vec(&json).map_err(|e| Error::internal(e.to_string()))?,
+            content_type: content_type.unwrap_or_else(|| "application/json".into()),
+        }),
+        None if content_type.is_some() => Err(Error::invalid(
+            "options.content_type needs a body: give body or options.body_text",
+        )),
+        None => Ok(Body::None),
+    }
+}
+
+impl Body {
+    pub fn content_type_header(&self) -> Option<HeaderValue> {
+        match self {
+            Body::None => None,
+            Body::Bytes { content_type, .. } => HeaderValue::from_str(content_type).ok(),
+        }
+    }
+}
+
+/// Validates the content type up front so that sending never fails on it.
+fn check_content_type(body: &Body) -> Result<()> {
+    if let Body::Bytes { content_type, .. } = body {
+        HeaderValue::from_str(content_type).map_err(|_| {
+            Error::invalid(format!("invalid options.content_type \"{content_type}\""))
+        })?;
+    }
+    Ok(())
+}
+
+/// The text values a query or form parameter stands for: scalars as text, arrays repeated.
+fn query_values(name: &str, value: &Value) -> Result<Vec<String>> {
+    match value {
+        Value::String(text) => Ok(vec![text.clone()]),
+        Value::Number(number) => Ok(vec![number.to_string()]),
+        Value::Bool(flag) => Ok(vec![flag.to_string()]),
+        Value::Null => Ok(vec![]),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Array(_) | Value::Object(_) => Err(Error::invalid(format!(
+                    "parameter \"{name}\" may hold scalars only"
+                ))),
+                _ => Ok(query_values(name, item)?.pop().unwrap_or_default()),
+            })
+            .collect(),
+        Value::Object(_) => Err(Error::invalid(format!(
+            "parameter \"{name}\" must be a scalar or an array of scalars, not an object"
+        ))),
+    }
+}
+
+fn apply_auth(
+    auth: &Auth,
+    url: &mut Url,
+    headers: &mut HeaderMap,
+    secrets: &mut Vec<String>,
+) -> Result<()> {
+    let inline = |kind: &str, field: &str, value: &Option<String>, secret: &Option<String>| {
+        match (value, secret) {
+            (Some(value), None) => Ok(value.clone()),
+            (None, Some(_)) => Err(Error::not_supported(format!(
+                "options.auth.secret ({kind}) is not supported yet: give options.auth.{field}"
+            ))),
+            _ => Err(Error::invalid(format!(
+                "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
+            ))),
+        }
+    };
+    let sensitive = |text: String| {
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| Error::invalid("options.auth holds a value that is not a valid header"))?;
+        value.set_sensitive(true);
+        Ok::<_, Error>(value)
+    };
+    match auth {
+        Auth::Bearer { token, secret } => {
+            let token = inline("bearer", "token", token, secret)?;
+            secrets.push(token.clone());
+            headers.insert(reqwest::header::AUTHORIZATION, sensitive(format!("Bearer {token}"))?);
+        }
+        Auth::Basic { username, password, secret } => {
+            let password = inline("basic", "password", password, secret)?;
+            let encoded = base64_encode(format!("{username}:{password}").as_bytes());
+            secrets.push(password);
+            secrets.push(encoded.clone());
+            headers.insert(reqwest::header::AUTHORIZATION, sensitive(format!("Basic {encoded}"))?);
+        }
+        Auth::ApiKey { name, place, value, secret } => {
+            let value = inline("api_key", "value", value, secret)?;
+            secrets.push(value.clone());
+            match place {
+                ApiKeyPlace::Header => {
+                    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        Error::invalid(format!("invalid header name \"{name}\" in options.auth"))
+                    })?;
+                    headers.insert(header, sensitive(value)?);
+                }
+                ApiKeyPlace::Query => {
+                    url.query_pairs_mut().append_pair(name, &value);
+                    // The encoded form is what appears in URLs.
+                    let encoded: String =
+                        url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                    secrets.push(encoded);
+                }
+            }
+        }
+        Auth::OAuth2ClientCredentials {} => {
+            return Err(Error::not_supported(
+                "options.auth of type oauth2_client_credentials is not supported yet",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A per-call value: absent means the setting; present must be positive and within the setting.
+fn bounded(key: &str, given: Option<u64>, setting: u64, setting_name: &str) -> Result<u64> {
+    match given {
+        None => Ok(setting),
+        Some(0) => Err(Error::invalid(format!("options.{key} must be positive"))),
+        Some(value) if value > setting => Err(Error::invalid(format!(
+            "options.{key} {value} is above the maximum {setting} set by {setting_name}"
+        ))
+        .with_hint(format!("a superuser can raise {setting_name}"))),
+        Some(value) => Ok(value),
+    }
+}
+
+/// Paging is validated here so that a wrong spec fails before any request; fetching pages comes
+/// with the paging work (DESIGN.md §2.4).
+fn validate_paging(paging: &Value) -> Result<()> {
+    match paging {
+        Value::Null => Ok(()),
+        Value::Object(spec) => {
+            let kind = spec.get("type").and_then(Value::as_str).ok_or_else(|| {
+                Error::invalid("paging needs a \"type\"").with_hint(
+                    "one of page_number, offset, cursor, next_url, link_header",
+                )
+            })?;
+            match kind {
+                "page_number" | "offset" | "cursor" | "next_url" | "link_header" => Err(
+                    Error::not_supported(format!("paging of type {kind} is not supported yet")),
+                ),
+                other => Err(Error::invalid(format!("unknown paging type \"{other}\""))
+                    .with_hint("one of page_number, offset, cursor, next_url, link_header")),
+            }
+        }
+        other => Err(Error::invalid(format!(
+            "paging must be a JSON object, not {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn display_url(url: &Url, secrets: &[String]) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    let mut text = shown.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret.as_str(), "***");
+    }
+    text
+}
+
+/// A URL that did not parse, shown without anything that looks like user info.
+fn display_raw_url(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***@{}", &text[..scheme_end + 3], &text[at + 1..])
+        }
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::SqlState;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits { http_timeout_ms: 30_000, max_response_bytes: 1 << 20, user_agent: "ua/1".into() }
+    }
+
+    fn request(url: &str, options: Value) -> Result<RequestSpec> {
+        parse_request(
+            RequestArgs { url: Some(url), options: Some(options), ..Default::default() },
+            &limits(),
+        )
+    }
+
+    #[test]
+    fn defaults_come_from_the_settings() {
+        let spec = request("http://127.0.0.1:9/x", json!({})).unwrap();
+        assert_eq!(spec.method, Method::GET);
+        assert_eq!(spec.timeout, Duration::from_secs(30));
+        assert_eq!(spec.max_response_bytes, 1 << 20);
+        assert_eq!(spec.headers["user-agent"], "ua/1");
+        assert_eq!(spec.body, Body::None);
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_with_reasons() {
+        for (url, state, needle) in [
+            ("", SqlState::NullValueNotAllowed, "must not be NULL or empty"),
+            ("/api/users", SqlState::InvalidParameterValue, "relative URL"),
+            ("ftp://example.com/x", SqlState::InvalidParameterValue, "scheme \"ftp\""),
+            ("http://exa mple.com/", SqlState::InvalidParameterValue, "invalid url"),
+            ("file:///etc/passwd", SqlState::InvalidParameterValue, "scheme \"file\""),
+        ] {
+            let err = request(url, json!({})).unwrap_err();
+            assert_eq!(err.state, state, "{url}");
+            assert!(err.message.contains(needle), "{url}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_options_are_errors() {
+        let err = request("http://h/", json!({"timout_ms": 5})).unwrap_err();
+        assert_eq!(err.state, SqlState::InvalidParameterValue);
+        assert!(err.message.contains("unknown field `timout_ms`"), "{}", err.message);
+        let err = request("http://h/", json!({"timeout_ms": "fast"})).unwrap_err();
+        assert!(err.message.contains("invalid type"), "{}", err.message);
+        let err = request("http://h/", json!([1])).unwrap_err();
+        assert!(err.message.contains("must be a JSON object"), "{}", err.message);
+    }
+
+    #[test]
+    fn per_call_limits_cannot_exceed_the_settings() {
+        let err = request("http://h/", json!({"timeout_ms": 60_000})).unwrap_err();
+        assert!(err.message.contains("above the maximum 30000"), "{}", err.message);
+        let spec = request("http://h/", json!({"timeout_ms": 250, "max_response_bytes": 10}))
+            .unwrap();
+        assert_eq!(spec.timeout, Duration::from_millis(250));
+        assert_eq!(spec.max_response_bytes, 10);
+    }
+
+    #[test]
+    fn methods_are_checked_and_case_folded() {
+        for method in ["get", "HEAD", "Post", "put", "patch", "DELETE"] {
+            let args = RequestArgs { url: Some("http://h/"), method: Some(method), ..Default::default() };
+            assert_eq!(parse_request(args, &limits()).unwrap().method.as_str(), method.to_uppercase());
+        }
+        let args = RequestArgs { url: Some("http://h/"), method: Some("FETCH"), ..Default::default() };
+        let err = parse_request(args, &limits()).unwrap_err();
+        assert!(err.message.contains("unsupported HTTP method \"FETCH\""));
+    }
+
+    #[test]
+    fn headers_must_be_an_object_of_safe_strings() {
+        let parse = |headers: Value| {
+            parse_request(
+                RequestArgs { url: Some("http://h/"), headers: Some(headers), ..Default::default() },
+                &limits(),
+            )
+        };
+        assert!(parse(json!({"X-A": 1})).unwrap_err().message.contains("must be a string"));
+        assert!(parse(json!(["X-A"])).unwrap_err().message.contains("object of strings"));
+        assert!(parse(json!({"X-A": "a\r\nX-Injected: 1"})).unwrap_err().message.contains("line break"));
+        assert!(parse(json!({"Content-Length": "5"})).unwrap_err().message.contains("set by the HTTP client"));
+        let spec = parse(json!({"X-A": "b", "User-Agent": "mine"})).unwrap();
+        assert_eq!(spec.headers["x-a"], "b");
+        assert_eq!(spec.headers["user-agent"], "mine");
+    }
+
+    #[test]
+    fn query_and_form_encode_scalars_and_arrays() {
+        let spec = request("http://h/p?a=1", json!({"query": {"b": "x y", "c": [1, true], "d": null}}))
+            .unwrap();
+        assert_eq!(spec.url.as_str(), "http://h/p?a=1&b=x+y&c=1&c=true");
+        let spec = request("http://h/", json!({"form": {"q": "a&b"}})).unwrap();
+        assert_eq!(
+            spec.body,
+            Body::Bytes {
+                content: b"q=a%26b".to_vec(),
+                content_type: "application/x-www-form-urlencoded".into()
+            }
+        );
+        assert!(request("http://h/", json!({"query": {"o": {"x": 1}}})).is_err());
+    }
+
+    #[test]
+    fn one_body_only() {
+        let args = RequestArgs {
+            url: Some("http://h/"),
+            body: Some(json!({"a": 1})),
+            options: Some(json!({"body_text": "x"})),
+            ..Default::default()
+        };
+        let err = parse_request(args, &limits()).unwrap_err();
+        assert!(err.message.contains("only one request body"), "{}", err.message);
+        let spec = request("http://h/", json!({"body_text": "<a/>", "content_type": "text/xml"})).unwrap();
+        assert_eq!(spec.body, Body::Bytes { content: b"<a/>".to_vec(), content_type: "text/xml".into() });
+    }
+
+    #[test]
+    fn auth_values_become_headers_and_are_secret() {
+        let spec = request("http://h/", json!({"auth": {"type": "bearer", "token": "tok"}})).unwrap();
+        assert_eq!(spec.headers["authorization"], "Bearer tok");
+        assert!(spec.headers["authorization"].is_sensitive());
+        assert!(spec.secrets.contains(&"tok".to_string()));
+
+        let spec = request("http://h/", json!({"auth": {"type": "basic", "username": "Aladdin", "password": "open sesame"}})).unwrap();
+        assert_eq!(spec.headers["authorization"], "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+
+        let spec = request("http://h/", json!({"auth": {"type": "api_key", "name": "key", "in": "query", "value": "k/1"}})).unwrap();
+        assert_eq!(spec.display_url(), "http://h/?key=***");
+
+        let err = request("http://h/", json!({"auth": {"type": "bearer"}})).unwrap_err();
+        assert!(err.message.contains("exactly one of \"token\" and \"secret\""), "{}", err.message);
+        let err = request("http://h/", json!({"auth": {"type": "digest"}})).unwrap_err();
+        assert!(err.message.contains("unknown variant `digest`"), "{}", err.message);
+    }
+
+    #[test]
+    fn user_info_never_shows() {
+        let spec = request("http://u:pw@h/x", json!({})).unwrap();
+        assert_eq!(spec.display_url(), "http://h/x");
+        let err = request("http://u:pw@h:bad/x", json!({})).unwrap_err();
+        assert!(!err.message.contains("pw"), "{}", err.message);
+    }
+
+    #[test]
+    fn fetch_spec_checks_path_columns_and_paging() {
+        let args = || RequestArgs { url: Some("http://h/"), ..Default::default() };
+        let err = FetchSpec::parse(args(), "$.data[", None, &limits()).unwrap_err();
+        assert_eq!(err.state, SqlState::SyntaxError);
+        let err = FetchSpec::parse(args(), "$", Some(&json!({"type": "pages"})), &limits()).unwrap_err();
+        assert!(err.message.contains("unknown paging type \"pages\""));
+        let err = FetchSpec::parse(args(), "$", Some(&json!({"type": "cursor"})), &limits()).unwrap_err();
+        assert_eq!(err.state, SqlState::FeatureNotSupported);
+        let with_columns = RequestArgs {
+            url: Some("http://h/"),
+            options: Some(json!({"columns": {"b": "$.x.y", "a": "$.z"}})),
+            ..Default::default()
+        };
+        let spec = FetchSpec::parse(with_columns, "$.data", None, &limits()).unwrap();
+        let names: Vec<&str> = spec.columns.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+    }
+}

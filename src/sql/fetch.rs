@@ -1,0 +1,98 @@
+//! `api_fetch`: rows from an API as a set (DESIGN.md §2.1). Pages stream from the fetch task over
+//! a bounded channel; each row becomes a Datum only when the executor asks for it.
+
+use std::sync::Arc;
+
+use pgrx::prelude::*;
+use pgrx::{AnyElement, FromDatum, JsonB};
+use serde_json::Value;
+use tokio::runtime::Runtime;
+
+use super::rows::RowMaker;
+use super::{require_utf8, OrRaise};
+use crate::fetch::{Http, PageStream};
+use crate::spec::{FetchSpec, RequestArgs};
+use crate::{interrupt, settings};
+
+/// The position of `row_type` among the arguments: its type is the type of the rows.
+const ROW_TYPE_ARG: usize = 7;
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn api_fetch(
+    url: Option<&str>,
+    method: default!(Option<&str>, "'GET'"),
+    body: default!(Option<JsonB>, "NULL"),
+    path: default!(Option<&str>, "'$'"),
+    headers: default!(Option<JsonB>, "'{}'"),
+    paging: default!(Option<JsonB>, "NULL"),
+    options: default!(Option<JsonB>, "'{}'"),
+    row_type: default!(Option<AnyElement>, "NULL::jsonb"),
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> SetOfIterator<'static, Option<AnyElement>> {
+    require_utf8();
+    let _ = row_type; // only its type matters
+    let args = RequestArgs {
+        url,
+        method,
+        body: body.map(|b| b.0),
+        headers: headers.map(|h| h.0),
+        options: options.map(|o| o.0),
+    };
+    let spec = FetchSpec::parse(
+        args,
+        path.unwrap_or("$"),
+        paging.as_ref().map(|p| &p.0),
+        &settings::limits(),
+    )
+    .or_raise();
+    // SAFETY: fcinfo is this call's, and the argument exists.
+    let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
+    let columns = spec.columns.clone();
+    let maker = RowMaker::new(typoid, columns).or_raise();
+    let http = Http::get().or_raise();
+    let stream = PageStream::start(http, Arc::new(spec));
+    SetOfIterator::new(Rows {
+        runtime: &http.runtime,
+        stream,
+        maker,
+        page: Vec::new().into_iter(),
+        number: 0,
+        finished: false,
+    })
+}
+
+/// The rows of the pages, in order. Dropped with the SRF's memory context, which stops the
+/// requests when the query ends early or fails.
+struct Rows {
+    runtime: &'static Runtime,
+    stream: PageStream,
+    maker: RowMaker,
+    page: std::vec::IntoIter<Value>,
+    number: u64,
+    finished: bool,
+}
+
+impl Iterator for Rows {
+    type Item = Option<AnyElement>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.page.next() {
+                self.number += 1;
+                let datum = self.maker.make(self.number, &row).or_raise();
+                // SAFETY: the Datum was made for exactly this type.
+                return Some(datum.and_then(|d| unsafe {
+                    AnyElement::from_polymorphic_datum(d, false, self.maker.typoid())
+                }));
+            }
+            if self.finished {
+                return None;
+            }
+            match interrupt::wait(self.runtime, self.stream.next()).or_raise() {
+                Some(page) => self.page = page.or_raise().rows.into_iter(),
+                None => self.finished = true,
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The SQL face: thin `#[pg_extern]` functions over the Postgres-free core, and the one mapping
+//! from `Error` to a Postgres ERROR.
+
+mod fetch;
+mod request;
+mod rows;
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+use crate::error::{Error, SqlState};
+
+/// Raises `err` as an ERROR with its SQLSTATE, detail and hint. Secrets were scrubbed where the
+/// error was made.
+pub fn raise(err: Error) -> ! {
+    let mut report = ErrorReport::new(sqlstate(err.state), err.message, "pg_apisync");
+    if let Some(detail) = err.detail {
+        report = report.set_detail(detail);
+    }
+    if let Some(hint) = err.hint {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return")
+}
+
+/// `Result::unwrap_or_raise` for the SQL face.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, Error> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|err| raise(err))
+    }
+}
+
+/// Text Datums are made from Rust's UTF-8 strings without conversion.
+pub fn require_utf8() {
+    // SAFETY: reads the database encoding, on the backend thread.
+    let encoding = unsafe { pgrx::pg_sys::GetDatabaseEncoding() };
+    if encoding != pgrx::pg_sys::pg_enc::PG_UTF8 as i32 {
+        raise(Error::not_supported("pg_apisync needs a database with encoding UTF8"));
+    }
+}
+
+fn sqlstate(state: SqlState) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match state {
+        SqlState::InvalidParameterValue => ERRCODE_INVALID_PARAMETER_VALUE,
+        SqlState::NullValueNotAllowed => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        SqlState::SyntaxError => ERRCODE_SYNTAX_ERROR,
+        SqlState::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
+        SqlState::DatatypeMismatch => ERRCODE_DATATYPE_MISMATCH,
+        SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        SqlState::UnableToConnect => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        SqlState::ConnectionFailure => ERRCODE_CONNECTION_FAILURE,
+        SqlState::ProgramLimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        SqlState::ExternalRoutineException => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+        SqlState::InvalidJsonText => ERRCODE_INVALID_JSON_TEXT,
+        SqlState::QueryCanceled => ERRCODE_QUERY_CANCELED,
+        SqlState::Internal => ERRCODE_INTERNAL_ERROR,
+        SqlState::Raised(packed) => PgSqlErrorCode::from(packed),
+    }
+}
+
+// Network functions are for the roles a DBA chooses (DESIGN.md §2).
+pgrx::extension_sql!(
+    r#"
+REVOKE EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) FROM PUBLIC;
+"#,
+    name = "revoke_network_functions",
+    finalize
+);

@@ -1,0 +1,404 @@
+//! The Datum step of extract: JSON rows straight to Datums of the requested row type, with no
+//! per-row SQL and no jsonb round trip. Common types have fast paths; every other type goes
+//! through its own input function, so domains, enums, numerics and dates behave as in SQL.
+
+use std::ffi::{CStr, CString};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use pgrx::pg_sys::{self, panic::CaughtError, Datum, Oid};
+use pgrx::{IntoDatum, PgTupleDesc};
+use serde_json::Value;
+
+use crate::error::{snippet, Error, Result, SqlState};
+use crate::extract::RowPath;
+use crate::spec::json_kind;
+
+/// Microseconds between the Unix epoch and Postgres's (2000-01-01).
+const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+/// Postgres's timestamp range in its own microseconds (MIN_TIMESTAMP, END_TIMESTAMP).
+const TIMESTAMP_RANGE_US: std::ops::Range<i64> = -211_813_488_000_000_000..9_223_371_331_200_000_000;
+
+/// Builds one Datum per JSON row.
+pub struct RowMaker {
+    typoid: Oid,
+    shape: Shape,
+}
+
+enum Shape {
+    /// jsonb (the default), or any non-composite type: the whole row value converts.
+    Scalar(Converter),
+    Composite(Composite),
+}
+
+struct Composite {
+    type_name: String,
+    /// A copy in the SRF's multi-call memory context: lives as long as this maker.
+    tupdesc: pg_sys::TupleDesc,
+    columns: Vec<Column>,
+    values: Vec<Datum>,
+    nulls: Vec<bool>,
+}
+
+struct Column {
+    name: String,
+    lower: String,
+    path: Option<RowPath>,
+    /// `None` for a dropped column: always NULL.
+    converter: Option<Converter>,
+}
+
+/// How one JSON value becomes a Datum of one type.
+struct Converter {
+    typoid: Oid,
+    typmod: i32,
+    kind: Kind,
+    input: Box<pg_sys::FmgrInfo>,
+    ioparam: Oid,
+}
+
+enum Kind {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    Text,
+    Timestamp,
+    /// json and jsonb: any value, as JSON text.
+    Json,
+    Array(Box<ArrayElement>),
+    /// Everything else: the type's input function on the value's text.
+    Input,
+}
+
+struct ArrayElement {
+    converter: Converter,
+    len: i16,
+    by_value: bool,
+    align: std::ffi::c_char,
+}
+
+/// A conversion failure, before it is placed at a row and column.
+struct Failure {
+    state: SqlState,
+    reason: String,
+}
+
+impl RowMaker {
+    /// Plans the conversion for `typoid`; `columns` are `options.columns`. Call in the memory
+    /// context that outlives the rows (the SRF's multi-call context).
+    pub fn new(typoid: Oid, columns: Vec<(String, RowPath)>) -> Result<RowMaker> {
+        // SAFETY: catalog lookups on the backend thread.
+        let composite = unsafe { pg_sys::type_is_rowtype(typoid) };
+        if typoid == pg_sys::RECORDOID {
+            return Err(Error::new(
+                SqlState::DatatypeMismatch,
+                "row_type must be a named composite type, not record",
+            )
+            .with_hint("pass NULL::your_table, or create a type with CREATE TYPE"));
+        }
+        if !composite {
+            if !columns.is_empty() {
+                return Err(Error::invalid(format!(
+                    "options.columns needs a composite row_type, not {}",
+                    type_name(typoid)
+                )));
+            }
+            return Ok(RowMaker { typoid, shape: Shape::Scalar(Converter::new(typoid, -1)?) });
+        }
+        Ok(RowMaker { typoid, shape: Shape::Composite(Composite::new(typoid, columns)?) })
+    }
+
+    pub fn typoid(&self) -> Oid {
+        self.typoid
+    }
+
+    /// The Datum for `row` (1-based `number` for messages); `None` is a NULL row.
+    pub fn make(&mut self, number: u64, row: &Value) -> Result<Option<Datum>> {
+        match &mut self.shape {
+            Shape::Scalar(converter) => converter.convert(row).map_err(|failure| {
+                failure.at(format!("api_fetch row {number}"), row, converter.typoid)
+            }),
+            Shape::Composite(composite) => composite.make(number, row).map(Some),
+        }
+    }
+}
+
+impl Composite {
+    fn new(typoid: Oid, mut mapped: Vec<(String, RowPath)>) -> Result<Composite> {
+        // SAFETY: a copy of the type's descriptor in the current (multi-call) context; the view
+        // below does not free it.
+        let tupdesc = unsafe { pg_sys::lookup_rowtype_tupdesc_copy(typoid, -1) };
+        let view = unsafe { PgTupleDesc::from_pg_unchecked(tupdesc) };
+        let mut columns = Vec::with_capacity(view.len());
+        for attribute in view.iter() {
+            let name = attribute.name().to_string();
+            if attribute.is_dropped() {
+                columns.push(Column { lower: String::new(), name, path: None, converter: None });
+                continue;
+            }
+            let path = mapped
+                .iter()
+                .position(|(column, _)| *column == name)
+                .map(|i| mapped.remove(i).1);
+            let converter = Converter::new(attribute.type_oid().value(), attribute.type_mod())?;
+            columns.push(Column {
+                lower: name.to_lowercase(),
+                name,
+                path,
+                converter: Some(converter),
+            });
+        }
+        let type_name = type_name(typoid);
+        if let Some((unknown, _)) = mapped.first() {
+            return Err(Error::new(
+                SqlState::UndefinedColumn,
+                format!("options.columns names column \"{unknown}\", which {type_name} does not have"),
+            ));
+        }
+        let width = columns.len();
+        Ok(Composite { type_name, tupdesc, columns, values: vec![Datum::from(0); width], nulls: vec![true; width] })
+    }
+
+    fn make(&mut self, number: u64, row: &Value) -> Result<Datum> {
+        let object = row.as_object();
+        if object.is_none() && self.columns.iter().any(|c| c.converter.is_some() && c.path.is_none())
+        {
+            return Err(Error::new(
+                SqlState::DatatypeMismatch,
+                format!(
+                    "api_fetch row {number} is {}, not an object: it cannot fill the columns of {}",
+                    json_kind(row),
+                    self.type_name
+                ),
+            )
+            .with_detail(format!("row: {}", snippet(&row.to_string(), 100)))
+            .with_hint("point path at the objects (as in $.data), or map columns with options.columns"));
+        }
+        for (i, column) in self.columns.iter_mut().enumerate() {
+            let Some(converter) = column.converter.as_mut() else {
+                self.nulls[i] = true;
+                continue;
+            };
+            let picked = match &column.path {
+                Some(path) => path.pick(row),
+                None => object
+                    .and_then(|o| {
+                        o.get(&column.name).or_else(|| {
+                            o.iter().find(|(key, _)| key.to_lowercase() == column.lower).map(|(_, v)| v)
+                        })
+                    })
+                    .map(crate::extract::Picked::One),
+            };
+            let converted = match &picked {
+                Some(value) => converter.convert(value.value()).map_err(|failure| {
+                    failure.at(
+                        format!("api_fetch row {number}, column \"{}\"", column.name),
+                        value.value(),
+                        converter.typoid,
+                    )
+                })?,
+                None => None,
+            };
+            self.nulls[i] = converted.is_none();
+            self.values[i] = converted.unwrap_or(Datum::from(0));
+        }
+        // SAFETY: values/nulls have one entry per attribute of tupdesc; the tuple is allocated
+        // in the current (per-row) memory context.
+        unsafe {
+            let tuple =
+                pg_sys::heap_form_tuple(self.tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
+            Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+        }
+    }
+}
+
+impl Converter {
+    fn new(typoid: Oid, typmod: i32) -> Result<Converter> {
+        let mut input_fn = Oid::INVALID;
+        let mut ioparam = Oid::INVALID;
+        // SAFETY: catalog lookups on the backend thread; FmgrInfo lives in a Box we own, its
+        // cache in the current (multi-call) memory context.
+        let input = unsafe {
+            pg_sys::getTypeInputInfo(typoid, &mut input_fn, &mut ioparam);
+            let mut input: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+            pg_sys::fmgr_info_cxt(input_fn, input.as_mut(), pg_sys::CurrentMemoryContext);
+            input
+        };
+        let kind = match typoid {
+            pg_sys::INT2OID => Kind::Int2,
+            pg_sys::INT4OID => Kind::Int4,
+            pg_sys::INT8OID => Kind::Int8,
+            pg_sys::FLOAT4OID => Kind::Float4,
+            pg_sys::FLOAT8OID => Kind::Float8,
+            pg_sys::BOOLOID => Kind::Bool,
+            pg_sys::TEXTOID => Kind::Text,
+            pg_sys::VARCHAROID if typmod < 0 => Kind::Text,
+            pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID if typmod < 0 => Kind::Timestamp,
+            pg_sys::JSONOID | pg_sys::JSONBOID => Kind::Json,
+            _ => {
+                // SAFETY: catalog lookups on the backend thread.
+                let element = unsafe { pg_sys::get_element_type(typoid) };
+                if element == Oid::INVALID {
+                    Kind::Input
+                } else {
+                    let (mut len, mut by_value, mut align) = (0i16, false, 0 as std::ffi::c_char);
+                    unsafe { pg_sys::get_typlenbyvalalign(element, &mut len, &mut by_value, &mut align) };
+                    Kind::Array(Box::new(ArrayElement {
+                        converter: Converter::new(element, typmod)?,
+                        len,
+                        by_value,
+                        align,
+                    }))
+                }
+            }
+        };
+        Ok(Converter { typoid, typmod, kind, input, ioparam })
+    }
+
+    /// JSON null is SQL NULL; anything the fast path does not take goes to the input function.
+    fn convert(&mut self, value: &Value) -> Result<Option<Datum>, Failure> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let fast = match (&self.kind, value) {
+            (Kind::Int2, Value::Number(n)) => {
+                n.as_i64().and_then(|v| i16::try_from(v).ok()).map(Datum::from)
+            }
+            (Kind::Int4, Value::Number(n)) => {
+                n.as_i64().and_then(|v| i32::try_from(v).ok()).map(Datum::from)
+            }
+            (Kind::Int8, Value::Number(n)) => n.as_i64().map(Datum::from),
+            (Kind::Float8, Value::Number(n)) => n.as_f64().and_then(|v| v.into_datum()),
+            (Kind::Float4, Value::Number(n)) => n
+                .as_f64()
+                .map(|v| v as f32)
+                .filter(|v| v.is_finite())
+                .and_then(|v| v.into_datum()),
+            (Kind::Bool, Value::Bool(b)) => Some(Datum::from(*b)),
+            (Kind::Text, Value::String(s)) => Some(text_datum(s)?),
+            (Kind::Text, other) => Some(text_datum(&other.to_string())?),
+            (Kind::Timestamp, Value::Number(n)) => n.as_f64().and_then(epoch_seconds_to_timestamp),
+            (Kind::Array(_), Value::Array(items)) => Some(self.array(items)?),
+            _ => None,
+        };
+        match fast {
+            Some(datum) => Ok(Some(datum)),
+            None => self.input(value).map(Some),
+        }
+    }
+
+    fn array(&mut self, items: &[Value]) -> Result<Datum, Failure> {
+        let Kind::Array(element) = &mut self.kind else {
+            unreachable!("array() is only called for array kinds")
+        };
+        let mut values = Vec::with_capacity(items.len());
+        let mut nulls = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let converted = element.converter.convert(item).map_err(|f| Failure {
+                state: f.state,
+                reason: format!("element {}: {}", i + 1, f.reason),
+            })?;
+            nulls.push(converted.is_none());
+            values.push(converted.unwrap_or(Datum::from(0)));
+        }
+        let elem_type = element.converter.typoid;
+        // SAFETY: values/nulls have items.len() entries of the element type described.
+        let array = unsafe {
+            if items.is_empty() {
+                pg_sys::construct_empty_array(elem_type)
+            } else {
+                let mut dims = [items.len() as i32];
+                let mut lower_bounds = [1i32];
+                pg_sys::construct_md_array(
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                    1,
+                    dims.as_mut_ptr(),
+                    lower_bounds.as_mut_ptr(),
+                    elem_type,
+                    element.len as i32,
+                    element.by_value,
+                    element.align,
+                )
+            }
+        };
+        Ok(Datum::from(array))
+    }
+
+    /// The type's own input function on the value's text: strings as they are, everything else
+    /// (and every value for json/jsonb) as JSON text. Its ERROR is caught and re-raised with the
+    /// row and column by the caller.
+    fn input(&mut self, value: &Value) -> Result<Datum, Failure> {
+        let text = match (value, &self.kind) {
+            (Value::String(s), kind) if !matches!(kind, Kind::Json) => s.clone(),
+            _ => value.to_string(),
+        };
+        let text = CString::new(text).map_err(|_| Failure::nul())?;
+        let (input, ioparam, typmod) = (&mut *self.input, self.ioparam, self.typmod);
+        let called = catch_unwind(AssertUnwindSafe(|| unsafe {
+            // SAFETY: a valid FmgrInfo for the type's input function and a NUL-terminated string.
+            pg_sys::InputFunctionCall(input, text.as_ptr().cast_mut(), ioparam, typmod)
+        }));
+        match called {
+            Ok(datum) => Ok(datum),
+            Err(payload) => match payload.downcast::<CaughtError>() {
+                Ok(caught) => match *caught {
+                    CaughtError::PostgresError(report) => Err(Failure {
+                        state: SqlState::Raised(report.sql_error_code() as i32),
+                        reason: report.message().to_string(),
+                    }),
+                    other => resume_unwind(Box::new(other)),
+                },
+                Err(payload) => resume_unwind(payload),
+            },
+        }
+    }
+}
+
+impl Failure {
+    fn nul() -> Failure {
+        Failure {
+            state: SqlState::Raised(pgrx::PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER as i32),
+            reason: "the value contains a NUL character (\\u0000), which PostgreSQL text cannot hold"
+                .into(),
+        }
+    }
+
+    fn at(self, place: String, value: &Value, typoid: Oid) -> Error {
+        Error::new(
+            self.state,
+            format!(
+                "{place}: cannot convert {} to {}",
+                snippet(&value.to_string(), 100),
+                type_name(typoid)
+            ),
+        )
+        .with_detail(self.reason)
+    }
+}
+
+fn text_datum(text: &str) -> Result<Datum, Failure> {
+    if text.contains('\0') {
+        return Err(Failure::nul());
+    }
+    // SAFETY: a UTF-8 buffer of the given length (the database is UTF8, checked by the caller).
+    Ok(Datum::from(unsafe { pg_sys::cstring_to_text_with_len(text.as_ptr().cast(), text.len() as i32) }))
+}
+
+/// Unix epoch seconds (as APIs such as Stripe send them) to a timestamp Datum, when in range.
+fn epoch_seconds_to_timestamp(seconds: f64) -> Option<Datum> {
+    let micros = (seconds * 1_000_000.0).round();
+    if !micros.is_finite() || micros.abs() > 9.0e18 {
+        return None;
+    }
+    // Out of range falls through to the input function, whose error names the value.
+    let postgres = micros as i64 - POSTGRES_EPOCH_OFFSET_US;
+    TIMESTAMP_RANGE_US.contains(&postgres).then(|| Datum::from(postgres))
+}
+
+pub fn type_name(typoid: Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd C string for any OID.
+    unsafe { CStr::from_ptr(pg_sys::format_type_be(typoid)).to_string_lossy().into_owned() }
+}
