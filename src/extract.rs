@@ -11,6 +11,8 @@ use crate::error::{Error, Result, SqlState};
 pub struct RowPath {
     text: String,
     path: JsonPath,
+    /// Selects at most one node (RFC 9535 §2.3.5.1: names and indexes only).
+    singular: bool,
 }
 
 impl RowPath {
@@ -19,7 +21,7 @@ impl RowPath {
             Error::new(SqlState::SyntaxError, format!("invalid JSONPath \"{text}\": {e}"))
                 .with_hint("a JSONPath starts with $, as in $.data or $.items[*]")
         })?;
-        Ok(RowPath { text: text.to_string(), path })
+        Ok(RowPath { text: text.to_string(), path, singular: is_singular(text.trim()) })
     }
 
     pub fn text(&self) -> &str {
@@ -46,16 +48,46 @@ impl RowPath {
         }
     }
 
-    /// The value a column path picks from a row: nothing is `None` (NULL), one node is that
-    /// node, several are gathered into an array (for array columns such as `$.tags[*].name`).
+    /// The value a column path picks from a row. A singular path (`$.a.b`, `$.items[0]`) picks
+    /// its node, or nothing (NULL); any other path (`$.tags[*].name`) picks the array of all its
+    /// nodes, empty when none match, so the column's shape never depends on the data.
     pub fn pick<'a>(&self, row: &'a Value) -> Option<Picked<'a>> {
-        let mut nodes = self.path.query(row).all();
-        match nodes.len() {
-            0 => None,
-            1 => nodes.pop().map(Picked::One),
-            _ => Some(Picked::Many(Value::Array(nodes.into_iter().cloned().collect()))),
+        let nodes = self.path.query(row).all();
+        if self.singular {
+            nodes.first().map(|node| Picked::One(node))
+        } else {
+            Some(Picked::Many(Value::Array(nodes.into_iter().cloned().collect())))
         }
     }
+}
+
+/// Whether a (valid) path has only name and index selectors: no wildcard, slice, filter, union
+/// or descendant segment outside quoted names.
+fn is_singular(text: &str) -> bool {
+    let mut quote = None;
+    let mut escaped = false;
+    let mut previous = ' ';
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '*' | '?' | ':' | ',' => return false,
+                '.' if previous == '.' => return false,
+                _ => {}
+            },
+        }
+        previous = c;
+    }
+    true
 }
 
 /// A value picked by a column path: borrowed when it is one node.
@@ -122,5 +154,18 @@ mod tests {
         assert_eq!(pick("$.user.name"), Some(json!("ann")));
         assert_eq!(pick("$.user.age"), None);
         assert_eq!(pick("$.tags[*].n"), Some(json!(["a", "b"])));
+        assert_eq!(pick("$.tags[0:1].n"), Some(json!(["a"])));
+        assert_eq!(pick("$.nothing[*]"), Some(json!([])));
+        assert_eq!(pick("$['user']['name']"), Some(json!("ann")));
+    }
+
+    #[test]
+    fn singular_paths_are_names_and_indexes() {
+        for path in ["$", "$.a", "$.a.b[0]", "$['a.b']", "$[\"x*y\"]", "$.a[-1]"] {
+            assert!(is_singular(path), "{path}");
+        }
+        for path in ["$.*", "$..a", "$.a[*]", "$.a[0,1]", "$.a[1:]", "$.a[?@.b]"] {
+            assert!(!is_singular(path), "{path}");
+        }
     }
 }

@@ -1,0 +1,201 @@
+//! A throwaway PostgreSQL 15 cluster with pg_apisync preloaded, run as the `postgres` user on a
+//! free port, and the devapi server on loopback: what the integration tests drive.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+pub use devapi::DevApi;
+pub use postgres::{Client, NoTls};
+
+/// Where Debian puts PostgreSQL 15; `PG_BINDIR` overrides.
+fn bindir() -> PathBuf {
+    std::env::var_os("PG_BINDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// A running cluster; stopped and removed at process exit.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static API: OnceLock<DevApi> = OnceLock::new();
+/// The data directory to remove at exit (the statics above are never dropped).
+static CLEANUP: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The shared cluster of this test binary, with `CREATE EXTENSION pg_apisync` done.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let cluster = Cluster::start();
+        let mut client = cluster.connect();
+        client
+            .batch_execute(
+                "CREATE EXTENSION pg_apisync;
+                 CREATE ROLE api_user LOGIN;
+                 CREATE ROLE plain_user LOGIN;
+                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO api_user;
+                 GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO api_user;",
+            )
+            .expect("CREATE EXTENSION pg_apisync");
+        cluster
+    })
+}
+
+/// The shared devapi server of this test binary.
+pub fn api() -> &'static DevApi {
+    API.get_or_init(|| DevApi::start(0).expect("devapi starts on loopback"))
+}
+
+/// A new superuser connection to the shared cluster.
+pub fn connect() -> Client {
+    cluster().connect()
+}
+
+/// A new connection as `role`.
+pub fn connect_as(role: &str) -> Client {
+    cluster().connect_as(role)
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("apisync-it-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the data directory");
+        as_postgres_owner(&dir);
+        run_as_postgres(
+            Command::new(bindir().join("initdb"))
+                .args(["-D"])
+                .arg(&dir)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]),
+            "initdb",
+        );
+        let conf = format!(
+            "port = {port}\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'pg_apisync,pg_cron'\n\
+             cron.database_name = 'postgres'\n\
+             fsync = off\n\
+             synchronous_commit = off\n\
+             max_connections = 50\n",
+            dir.display()
+        );
+        append(&dir.join("postgresql.conf"), &conf);
+        *CLEANUP.lock().unwrap() = Some(dir.clone());
+        // SAFETY: registering a plain extern "C" fn without captures.
+        unsafe { libc::atexit(stop_at_exit) };
+        run_as_postgres(
+            Command::new(bindir().join("pg_ctl"))
+                .args(["-D"])
+                .arg(&dir)
+                .args(["-l"])
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        );
+        Cluster { dir, port }
+    }
+
+    pub fn connect(&self) -> Client {
+        self.connect_as("postgres")
+    }
+
+    pub fn connect_as(&self, role: &str) -> Client {
+        let config = format!("host=127.0.0.1 port={} user={role} dbname=postgres", self.port);
+        for attempt in 0.. {
+            match Client::connect(&config, NoTls) {
+                Ok(client) => return client,
+                Err(e) if attempt < 50 => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot connect to the test cluster: {e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// The server log, for diagnosing a failure.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+extern "C" fn stop_at_exit() {
+    let Some(dir) = CLEANUP.lock().ok().and_then(|mut d| d.take()) else { return };
+    let _ = run_quietly_as_postgres(
+        Command::new(bindir().join("pg_ctl")).args(["-D"]).arg(&dir).args(["-m", "immediate", "stop"]),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Postgres refuses to run as root: as root, the cluster belongs to `postgres`.
+fn as_postgres_owner(dir: &Path) {
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+        assert!(status.is_ok_and(|s| s.success()), "chown {} to postgres", dir.display());
+    }
+}
+
+fn wrap(command: &Command) -> Command {
+    if is_root() {
+        let mut wrapped = Command::new("runuser");
+        wrapped.args(["-u", "postgres", "--"]).arg(command.get_program()).args(command.get_args());
+        wrapped
+    } else {
+        let mut same = Command::new(command.get_program());
+        same.args(command.get_args());
+        same
+    }
+}
+
+fn run_as_postgres(command: &mut Command, what: &str) {
+    let output = wrap(command).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn run_quietly_as_postgres(command: &mut Command) -> std::io::Result<std::process::Output> {
+    wrap(command).output()
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open postgresql.conf");
+    file.write_all(text.as_bytes()).expect("write postgresql.conf");
+}
+
+/// The SQLSTATE and message of a failed statement, for asserting errors as a user sees them.
+pub fn sql_error(result: Result<impl std::fmt::Debug, postgres::Error>) -> (String, String, String) {
+    let err = result.expect_err("the statement should fail");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
+    (
+        db.code().code().to_string(),
+        db.message().to_string(),
+        db.detail().unwrap_or_default().to_string(),
+    )
+}
+
+/// SQL text literal.
+pub fn lit(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
