@@ -61,7 +61,9 @@ impl SqlState {
 
 /// Postgres packs a SQLSTATE as five 6-bit characters (MAKE_SQLSTATE).
 fn unpack_sqlstate(packed: i32) -> String {
-    (0..5).map(|i| (((packed >> (6 * i)) & 0x3F) as u8 + b'0') as char).collect()
+    (0..5)
+        .map(|i| (((packed >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+        .collect()
 }
 
 /// An error with what the user needs to fix it: a message, and where it helps a detail and a hint.
@@ -76,7 +78,12 @@ pub struct Error {
 
 impl Error {
     pub fn new(state: SqlState, message: impl Into<String>) -> Self {
-        Error { state, message: message.into(), detail: None, hint: None }
+        Error {
+            state,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -92,7 +99,10 @@ impl Error {
     }
 
     pub fn cancelled() -> Self {
-        Error::new(SqlState::QueryCanceled, "canceling statement due to user request")
+        Error::new(
+            SqlState::QueryCanceled,
+            "canceling statement due to user request",
+        )
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {

@@ -18,10 +18,17 @@ pub struct RowPath {
 impl RowPath {
     pub fn parse(text: &str) -> Result<RowPath> {
         let path = JsonPath::parse(text.trim()).map_err(|e| {
-            Error::new(SqlState::SyntaxError, format!("invalid JSONPath \"{text}\": {e}"))
-                .with_hint("a JSONPath starts with $, as in $.data or $.items[*]")
+            Error::new(
+                SqlState::SyntaxError,
+                format!("invalid JSONPath \"{text}\": {e}"),
+            )
+            .with_hint("a JSONPath starts with $, as in $.data or $.items[*]")
         })?;
-        Ok(RowPath { text: text.to_string(), path, singular: is_singular(text.trim()) })
+        Ok(RowPath {
+            text: text.to_string(),
+            path,
+            singular: is_singular(text.trim()),
+        })
     }
 
     pub fn text(&self) -> &str {
@@ -44,7 +51,11 @@ impl RowPath {
                 }
             }
             // Nodes may nest (`$..*`), so moving one out could empty another: copy instead.
-            _ => located.all().into_iter().map(|node| node.node().clone()).collect(),
+            _ => located
+                .all()
+                .into_iter()
+                .map(|node| node.node().clone())
+                .collect(),
         }
     }
 
@@ -56,7 +67,9 @@ impl RowPath {
         if self.singular {
             nodes.first().map(|node| Picked::One(node))
         } else {
-            Some(Picked::Many(Value::Array(nodes.into_iter().cloned().collect())))
+            Some(Picked::Many(Value::Array(
+                nodes.into_iter().cloned().collect(),
+            )))
         }
     }
 }
@@ -118,7 +131,10 @@ mod tests {
     #[test]
     fn an_array_and_its_elements_give_the_same_rows() {
         let doc = json!({"data": [{"id": 1}, {"id": 2}], "totalNum": 2});
-        assert_eq!(rows("$.data", doc.clone()), vec![json!({"id": 1}), json!({"id": 2})]);
+        assert_eq!(
+            rows("$.data", doc.clone()),
+            vec![json!({"id": 1}), json!({"id": 2})]
+        );
         assert_eq!(rows("$.data[*]", doc.clone()), rows("$.data", doc));
     }
 
@@ -136,21 +152,33 @@ mod tests {
         let doc = json!({"a": {"b": 1}});
         assert_eq!(rows("$..*", doc), vec![json!({"b": 1}), json!(1)]);
         let doc = json!({"groups": [{"items": [1, 2]}, {"items": [3]}]});
-        assert_eq!(rows("$.groups[*].items[*]", doc), vec![json!(1), json!(2), json!(3)]);
+        assert_eq!(
+            rows("$.groups[*].items[*]", doc),
+            vec![json!(1), json!(2), json!(3)]
+        );
     }
 
     #[test]
     fn invalid_paths_name_the_problem() {
         let err = RowPath::parse("data").unwrap_err();
         assert_eq!(err.state, SqlState::SyntaxError);
-        assert!(err.message.starts_with("invalid JSONPath \"data\""), "{}", err.message);
+        assert!(
+            err.message.starts_with("invalid JSONPath \"data\""),
+            "{}",
+            err.message
+        );
         assert!(RowPath::parse("$.data[").is_err());
     }
 
     #[test]
     fn column_paths_pick_one_none_or_many() {
         let row = json!({"user": {"name": "ann"}, "tags": [{"n": "a"}, {"n": "b"}]});
-        let pick = |p: &str| RowPath::parse(p).unwrap().pick(&row).map(|v| v.value().clone());
+        let pick = |p: &str| {
+            RowPath::parse(p)
+                .unwrap()
+                .pick(&row)
+                .map(|v| v.value().clone())
+        };
         assert_eq!(pick("$.user.name"), Some(json!("ann")));
         assert_eq!(pick("$.user.age"), None);
         assert_eq!(pick("$.tags[*].n"), Some(json!(["a", "b"])));

@@ -7,12 +7,12 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::spec::Limits;
 
-const DEFAULT_USER_AGENT: &CStr =
-    match CStr::from_bytes_with_nul(concat!("pg_apisync/", env!("CARGO_PKG_VERSION"), "\0").as_bytes())
-    {
-        Ok(agent) => agent,
-        Err(_) => panic!("the user agent literal has an interior NUL"),
-    };
+const DEFAULT_USER_AGENT: &CStr = match CStr::from_bytes_with_nul(
+    concat!("pg_apisync/", env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+) {
+    Ok(agent) => agent,
+    Err(_) => panic!("the user agent literal has an interior NUL"),
+};
 
 pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);

@@ -49,7 +49,10 @@ pub struct RequestSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     None,
-    Bytes { content: Vec<u8>, content_type: String },
+    Bytes {
+        content: Vec<u8>,
+        content_type: String,
+    },
 }
 
 /// Everything `api_fetch` needs besides the row type.
@@ -151,7 +154,11 @@ impl FetchSpec {
                 ))),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(FetchSpec { request, path, columns })
+        Ok(FetchSpec {
+            request,
+            path,
+            columns,
+        })
     }
 }
 
@@ -196,7 +203,10 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
             .map_err(|_| Error::invalid("apisync.user_agent is not a valid header value"))?;
         headers.insert(reqwest::header::USER_AGENT, agent);
     }
-    for (key, value) in [("retries", options.retries), ("max_pages", options.max_pages)] {
+    for (key, value) in [
+        ("retries", options.retries),
+        ("max_pages", options.max_pages),
+    ] {
         if value.is_some() {
             return Err(Error::not_supported(format!(
                 "options.{key} is not supported yet"
@@ -204,7 +214,9 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
         }
     }
     if options.concurrency.is_some() {
-        return Err(Error::not_supported("options.concurrency is not supported yet"));
+        return Err(Error::not_supported(
+            "options.concurrency is not supported yet",
+        ));
     }
     let spec = RequestSpec {
         method,
@@ -221,8 +233,9 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
 fn parse_options(options: Option<Value>) -> Result<Options> {
     match options {
         None | Some(Value::Null) => Ok(Options::default()),
-        Some(value @ Value::Object(_)) => Options::deserialize(value)
-            .map_err(|e| Error::invalid(format!("invalid options: {e}"))),
+        Some(value @ Value::Object(_)) => {
+            Options::deserialize(value).map_err(|e| Error::invalid(format!("invalid options: {e}")))
+        }
         Some(other) => Err(Error::invalid(format!(
             "options must be a JSON object, not {}",
             json_kind(&other)
@@ -233,8 +246,10 @@ fn parse_options(options: Option<Value>) -> Result<Options> {
 fn parse_method(method: &str) -> Result<Method> {
     let upper = method.trim().to_ascii_uppercase();
     if !METHODS.contains(&upper.as_str()) {
-        return Err(Error::invalid(format!("unsupported HTTP method \"{method}\""))
-            .with_hint(format!("use one of {}", METHODS.join(", "))));
+        return Err(
+            Error::invalid(format!("unsupported HTTP method \"{method}\""))
+                .with_hint(format!("use one of {}", METHODS.join(", "))),
+        );
     }
     Method::from_bytes(upper.as_bytes()).map_err(|_| Error::internal("method table is wrong"))
 }
@@ -315,7 +330,11 @@ fn parse_body(body: Option<Value>, options: &Options) -> Result<Body> {
         ("options.form", options.form.is_some()),
         ("options.body_text", options.body_text.is_some()),
     ];
-    let named: Vec<&str> = given.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
+    let named: Vec<&str> = given
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
     if named.len() > 1 {
         return Err(Error::invalid(format!(
             "give only one request body, not {}",
@@ -405,16 +424,16 @@ fn apply_auth(
     headers: &mut HeaderMap,
     secrets: &mut Vec<String>,
 ) -> Result<()> {
-    let inline = |kind: &str, field: &str, value: &Option<String>, secret: &Option<String>| {
-        match (value, secret) {
-            (Some(value), None) => Ok(value.clone()),
-            (None, Some(_)) => Err(Error::not_supported(format!(
-                "options.auth.secret ({kind}) is not supported yet: give options.auth.{field}"
-            ))),
-            _ => Err(Error::invalid(format!(
-                "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
-            ))),
-        }
+    let inline = |kind: &str, field: &str, value: &Option<String>, secret: &Option<String>| match (
+        value, secret,
+    ) {
+        (Some(value), None) => Ok(value.clone()),
+        (None, Some(_)) => Err(Error::not_supported(format!(
+            "options.auth.secret ({kind}) is not supported yet: give options.auth.{field}"
+        ))),
+        _ => Err(Error::invalid(format!(
+            "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
+        ))),
     };
     let sensitive = |text: String| {
         let mut value = HeaderValue::from_str(&text)
@@ -426,16 +445,31 @@ fn apply_auth(
         Auth::Bearer { token, secret } => {
             let token = inline("bearer", "token", token, secret)?;
             secrets.push(token.clone());
-            headers.insert(reqwest::header::AUTHORIZATION, sensitive(format!("Bearer {token}"))?);
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                sensitive(format!("Bearer {token}"))?,
+            );
         }
-        Auth::Basic { username, password, secret } => {
+        Auth::Basic {
+            username,
+            password,
+            secret,
+        } => {
             let password = inline("basic", "password", password, secret)?;
             let encoded = base64_encode(format!("{username}:{password}").as_bytes());
             secrets.push(password);
             secrets.push(encoded.clone());
-            headers.insert(reqwest::header::AUTHORIZATION, sensitive(format!("Basic {encoded}"))?);
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                sensitive(format!("Basic {encoded}"))?,
+            );
         }
-        Auth::ApiKey { name, place, value, secret } => {
+        Auth::ApiKey {
+            name,
+            place,
+            value,
+            secret,
+        } => {
             let value = inline("api_key", "value", value, secret)?;
             secrets.push(value.clone());
             match place {
@@ -467,7 +501,10 @@ fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
@@ -499,9 +536,8 @@ fn validate_paging(paging: &Value) -> Result<()> {
         Value::Null => Ok(()),
         Value::Object(spec) => {
             let kind = spec.get("type").and_then(Value::as_str).ok_or_else(|| {
-                Error::invalid("paging needs a \"type\"").with_hint(
-                    "one of page_number, offset, cursor, next_url, link_header",
-                )
+                Error::invalid("paging needs a \"type\"")
+                    .with_hint("one of page_number, offset, cursor, next_url, link_header")
             })?;
             match kind {
                 "page_number" | "offset" | "cursor" | "next_url" | "link_header" => Err(
@@ -557,12 +593,20 @@ mod tests {
     use serde_json::json;
 
     fn limits() -> Limits {
-        Limits { http_timeout_ms: 30_000, max_response_bytes: 1 << 20, user_agent: "ua/1".into() }
+        Limits {
+            http_timeout_ms: 30_000,
+            max_response_bytes: 1 << 20,
+            user_agent: "ua/1".into(),
+        }
     }
 
     fn request(url: &str, options: Value) -> Result<RequestSpec> {
         parse_request(
-            RequestArgs { url: Some(url), options: Some(options), ..Default::default() },
+            RequestArgs {
+                url: Some(url),
+                options: Some(options),
+                ..Default::default()
+            },
             &limits(),
         )
     }
@@ -580,11 +624,31 @@ mod tests {
     #[test]
     fn bad_urls_are_rejected_with_reasons() {
         for (url, state, needle) in [
-            ("", SqlState::NullValueNotAllowed, "must not be NULL or empty"),
-            ("/api/users", SqlState::InvalidParameterValue, "relative URL"),
-            ("ftp://example.com/x", SqlState::InvalidParameterValue, "scheme \"ftp\""),
-            ("http://exa mple.com/", SqlState::InvalidParameterValue, "invalid url"),
-            ("file:///etc/passwd", SqlState::InvalidParameterValue, "scheme \"file\""),
+            (
+                "",
+                SqlState::NullValueNotAllowed,
+                "must not be NULL or empty",
+            ),
+            (
+                "/api/users",
+                SqlState::InvalidParameterValue,
+                "relative URL",
+            ),
+            (
+                "ftp://example.com/x",
+                SqlState::InvalidParameterValue,
+                "scheme \"ftp\"",
+            ),
+            (
+                "http://exa mple.com/",
+                SqlState::InvalidParameterValue,
+                "invalid url",
+            ),
+            (
+                "file:///etc/passwd",
+                SqlState::InvalidParameterValue,
+                "scheme \"file\"",
+            ),
         ] {
             let err = request(url, json!({})).unwrap_err();
             assert_eq!(err.state, state, "{url}");
@@ -596,19 +660,34 @@ mod tests {
     fn unknown_and_mistyped_options_are_errors() {
         let err = request("http://h/", json!({"timout_ms": 5})).unwrap_err();
         assert_eq!(err.state, SqlState::InvalidParameterValue);
-        assert!(err.message.contains("unknown field `timout_ms`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown field `timout_ms`"),
+            "{}",
+            err.message
+        );
         let err = request("http://h/", json!({"timeout_ms": "fast"})).unwrap_err();
         assert!(err.message.contains("invalid type"), "{}", err.message);
         let err = request("http://h/", json!([1])).unwrap_err();
-        assert!(err.message.contains("must be a JSON object"), "{}", err.message);
+        assert!(
+            err.message.contains("must be a JSON object"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn per_call_limits_cannot_exceed_the_settings() {
         let err = request("http://h/", json!({"timeout_ms": 60_000})).unwrap_err();
-        assert!(err.message.contains("above the maximum 30000"), "{}", err.message);
-        let spec = request("http://h/", json!({"timeout_ms": 250, "max_response_bytes": 10}))
-            .unwrap();
+        assert!(
+            err.message.contains("above the maximum 30000"),
+            "{}",
+            err.message
+        );
+        let spec = request(
+            "http://h/",
+            json!({"timeout_ms": 250, "max_response_bytes": 10}),
+        )
+        .unwrap();
         assert_eq!(spec.timeout, Duration::from_millis(250));
         assert_eq!(spec.max_response_bytes, 10);
     }
@@ -616,10 +695,21 @@ mod tests {
     #[test]
     fn methods_are_checked_and_case_folded() {
         for method in ["get", "HEAD", "Post", "put", "patch", "DELETE"] {
-            let args = RequestArgs { url: Some("http://h/"), method: Some(method), ..Default::default() };
-            assert_eq!(parse_request(args, &limits()).unwrap().method.as_str(), method.to_uppercase());
+            let args = RequestArgs {
+                url: Some("http://h/"),
+                method: Some(method),
+                ..Default::default()
+            };
+            assert_eq!(
+                parse_request(args, &limits()).unwrap().method.as_str(),
+                method.to_uppercase()
+            );
         }
-        let args = RequestArgs { url: Some("http://h/"), method: Some("FETCH"), ..Default::default() };
+        let args = RequestArgs {
+            url: Some("http://h/"),
+            method: Some("FETCH"),
+            ..Default::default()
+        };
         let err = parse_request(args, &limits()).unwrap_err();
         assert!(err.message.contains("unsupported HTTP method \"FETCH\""));
     }
@@ -628,14 +718,30 @@ mod tests {
     fn headers_must_be_an_object_of_safe_strings() {
         let parse = |headers: Value| {
             parse_request(
-                RequestArgs { url: Some("http://h/"), headers: Some(headers), ..Default::default() },
+                RequestArgs {
+                    url: Some("http://h/"),
+                    headers: Some(headers),
+                    ..Default::default()
+                },
                 &limits(),
             )
         };
-        assert!(parse(json!({"X-A": 1})).unwrap_err().message.contains("must be a string"));
-        assert!(parse(json!(["X-A"])).unwrap_err().message.contains("object of strings"));
-        assert!(parse(json!({"X-A": "a\r\nX-Injected: 1"})).unwrap_err().message.contains("line break"));
-        assert!(parse(json!({"Content-Length": "5"})).unwrap_err().message.contains("set by the HTTP client"));
+        assert!(parse(json!({"X-A": 1}))
+            .unwrap_err()
+            .message
+            .contains("must be a string"));
+        assert!(parse(json!(["X-A"]))
+            .unwrap_err()
+            .message
+            .contains("object of strings"));
+        assert!(parse(json!({"X-A": "a\r\nX-Injected: 1"}))
+            .unwrap_err()
+            .message
+            .contains("line break"));
+        assert!(parse(json!({"Content-Length": "5"}))
+            .unwrap_err()
+            .message
+            .contains("set by the HTTP client"));
         let spec = parse(json!({"X-A": "b", "User-Agent": "mine"})).unwrap();
         assert_eq!(spec.headers["x-a"], "b");
         assert_eq!(spec.headers["user-agent"], "mine");
@@ -643,8 +749,11 @@ mod tests {
 
     #[test]
     fn query_and_form_encode_scalars_and_arrays() {
-        let spec = request("http://h/p?a=1", json!({"query": {"b": "x y", "c": [1, true], "d": null}}))
-            .unwrap();
+        let spec = request(
+            "http://h/p?a=1",
+            json!({"query": {"b": "x y", "c": [1, true], "d": null}}),
+        )
+        .unwrap();
         assert_eq!(spec.url.as_str(), "http://h/p?a=1&b=x+y&c=1&c=true");
         let spec = request("http://h/", json!({"form": {"q": "a&b"}})).unwrap();
         assert_eq!(
@@ -666,28 +775,66 @@ mod tests {
             ..Default::default()
         };
         let err = parse_request(args, &limits()).unwrap_err();
-        assert!(err.message.contains("only one request body"), "{}", err.message);
-        let spec = request("http://h/", json!({"body_text": "<a/>", "content_type": "text/xml"})).unwrap();
-        assert_eq!(spec.body, Body::Bytes { content: b"<a/>".to_vec(), content_type: "text/xml".into() });
+        assert!(
+            err.message.contains("only one request body"),
+            "{}",
+            err.message
+        );
+        let spec = request(
+            "http://h/",
+            json!({"body_text": "<a/>", "content_type": "text/xml"}),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.body,
+            Body::Bytes {
+                content: b"<a/>".to_vec(),
+                content_type: "text/xml".into()
+            }
+        );
     }
 
     #[test]
     fn auth_values_become_headers_and_are_secret() {
-        let spec = request("http://h/", json!({"auth": {"type": "bearer", "token": "tok"}})).unwrap();
+        let spec = request(
+            "http://h/",
+            json!({"auth": {"type": "bearer", "token": "tok"}}),
+        )
+        .unwrap();
         assert_eq!(spec.headers["authorization"], "Bearer tok");
         assert!(spec.headers["authorization"].is_sensitive());
         assert!(spec.secrets.contains(&"tok".to_string()));
 
-        let spec = request("http://h/", json!({"auth": {"type": "basic", "username": "Aladdin", "password": "open sesame"}})).unwrap();
-        assert_eq!(spec.headers["authorization"], "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        let spec = request(
+            "http://h/",
+            json!({"auth": {"type": "basic", "username": "Aladdin", "password": "open sesame"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.headers["authorization"],
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
 
-        let spec = request("http://h/", json!({"auth": {"type": "api_key", "name": "key", "in": "query", "value": "k/1"}})).unwrap();
+        let spec = request(
+            "http://h/",
+            json!({"auth": {"type": "api_key", "name": "key", "in": "query", "value": "k/1"}}),
+        )
+        .unwrap();
         assert_eq!(spec.display_url(), "http://h/?key=***");
 
         let err = request("http://h/", json!({"auth": {"type": "bearer"}})).unwrap_err();
-        assert!(err.message.contains("exactly one of \"token\" and \"secret\""), "{}", err.message);
+        assert!(
+            err.message
+                .contains("exactly one of \"token\" and \"secret\""),
+            "{}",
+            err.message
+        );
         let err = request("http://h/", json!({"auth": {"type": "digest"}})).unwrap_err();
-        assert!(err.message.contains("unknown variant `digest`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown variant `digest`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -700,12 +847,17 @@ mod tests {
 
     #[test]
     fn fetch_spec_checks_path_columns_and_paging() {
-        let args = || RequestArgs { url: Some("http://h/"), ..Default::default() };
+        let args = || RequestArgs {
+            url: Some("http://h/"),
+            ..Default::default()
+        };
         let err = FetchSpec::parse(args(), "$.data[", None, &limits()).unwrap_err();
         assert_eq!(err.state, SqlState::SyntaxError);
-        let err = FetchSpec::parse(args(), "$", Some(&json!({"type": "pages"})), &limits()).unwrap_err();
+        let err =
+            FetchSpec::parse(args(), "$", Some(&json!({"type": "pages"})), &limits()).unwrap_err();
         assert!(err.message.contains("unknown paging type \"pages\""));
-        let err = FetchSpec::parse(args(), "$", Some(&json!({"type": "cursor"})), &limits()).unwrap_err();
+        let err =
+            FetchSpec::parse(args(), "$", Some(&json!({"type": "cursor"})), &limits()).unwrap_err();
         assert_eq!(err.state, SqlState::FeatureNotSupported);
         let with_columns = RequestArgs {
             url: Some("http://h/"),

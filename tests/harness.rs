@@ -107,7 +107,10 @@ impl Cluster {
     }
 
     pub fn connect_as(&self, role: &str) -> Client {
-        let config = format!("host=127.0.0.1 port={} user={role} dbname=postgres", self.port);
+        let config = format!(
+            "host=127.0.0.1 port={} user={role} dbname=postgres",
+            self.port
+        );
         for attempt in 0.. {
             match Client::connect(&config, NoTls) {
                 Ok(client) => return client,
@@ -128,15 +131,23 @@ impl Cluster {
 }
 
 extern "C" fn stop_at_exit() {
-    let Some(dir) = CLEANUP.lock().ok().and_then(|mut d| d.take()) else { return };
+    let Some(dir) = CLEANUP.lock().ok().and_then(|mut d| d.take()) else {
+        return;
+    };
     let _ = run_quietly_as_postgres(
-        Command::new(bindir().join("pg_ctl")).args(["-D"]).arg(&dir).args(["-m", "immediate", "stop"]),
+        Command::new(bindir().join("pg_ctl"))
+            .args(["-D"])
+            .arg(&dir)
+            .args(["-m", "immediate", "stop"]),
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 fn is_root() -> bool {
@@ -147,15 +158,25 @@ fn is_root() -> bool {
 /// Postgres refuses to run as root: as root, the cluster belongs to `postgres`.
 fn as_postgres_owner(dir: &Path) {
     if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
-        assert!(status.is_ok_and(|s| s.success()), "chown {} to postgres", dir.display());
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "chown {} to postgres",
+            dir.display()
+        );
     }
 }
 
 fn wrap(command: &Command) -> Command {
     if is_root() {
         let mut wrapped = Command::new("runuser");
-        wrapped.args(["-u", "postgres", "--"]).arg(command.get_program()).args(command.get_args());
+        wrapped
+            .args(["-u", "postgres", "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
         wrapped
     } else {
         let mut same = Command::new(command.get_program());
@@ -165,7 +186,9 @@ fn wrap(command: &Command) -> Command {
 }
 
 fn run_as_postgres(command: &mut Command, what: &str) {
-    let output = wrap(command).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let output = wrap(command)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),
         "{what} failed: {}\n{}",
@@ -180,14 +203,22 @@ fn run_quietly_as_postgres(command: &mut Command) -> std::io::Result<std::proces
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open postgresql.conf");
-    file.write_all(text.as_bytes()).expect("write postgresql.conf");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open postgresql.conf");
+    file.write_all(text.as_bytes())
+        .expect("write postgresql.conf");
 }
 
 /// The SQLSTATE and message of a failed statement, for asserting errors as a user sees them.
-pub fn sql_error(result: Result<impl std::fmt::Debug, postgres::Error>) -> (String, String, String) {
+pub fn sql_error(
+    result: Result<impl std::fmt::Debug, postgres::Error>,
+) -> (String, String, String) {
     let err = result.expect_err("the statement should fail");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
     (
         db.code().code().to_string(),
         db.message().to_string(),

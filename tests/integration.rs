@@ -6,7 +6,11 @@ use harness::{api, connect, connect_as, lit, sql_error};
 
 /// One text value from a query.
 fn text(sql: &str) -> String {
-    connect().query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get::<_, Option<String>>(0).unwrap_or_default()
+    connect()
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
 }
 
 /// The (sqlstate, message, detail) of a statement that must fail.
@@ -81,11 +85,20 @@ mod api_request {
     #[test]
     fn redirects_are_followed_up_to_ten() {
         let row = connect()
-            .query_one(&format!("SELECT status, final_url FROM api_request({})", lit(&api().url("/redirect/3"))), &[])
+            .query_one(
+                &format!(
+                    "SELECT status, final_url FROM api_request({})",
+                    lit(&api().url("/redirect/3"))
+                ),
+                &[],
+            )
             .unwrap();
         assert_eq!(row.get::<_, i32>(0), 200);
         assert_eq!(row.get::<_, String>(1), api().url("/echo"));
-        let (code, message, _) = fails(&format!("SELECT * FROM api_request({})", lit(&api().url("/redirect/11"))));
+        let (code, message, _) = fails(&format!(
+            "SELECT * FROM api_request({})",
+            lit(&api().url("/redirect/11"))
+        ));
         assert_eq!(code, "08006");
         assert!(message.contains("too many redirects"), "{message}");
     }
@@ -105,7 +118,10 @@ mod api_request {
     fn error_statuses_are_returned_not_raised() {
         let row = connect()
             .query_one(
-                &format!("SELECT status, body_json->>'error' FROM api_request({})", lit(&api().url("/status/404"))),
+                &format!(
+                    "SELECT status, body_json->>'error' FROM api_request({})",
+                    lit(&api().url("/status/404"))
+                ),
                 &[],
             )
             .unwrap();
@@ -196,7 +212,9 @@ mod api_fetch {
     #[test]
     fn options_columns_map_relative_paths() {
         let mut client = connect();
-        client.batch_execute("CREATE TYPE user_card AS (id int, who text, tags text[])").unwrap();
+        client
+            .batch_execute("CREATE TYPE user_card AS (id int, who text, tags text[])")
+            .unwrap();
         let row = client
             .query_one(
                 &format!(
@@ -222,22 +240,40 @@ mod api_fetch {
             lit(&api().url("/types"))
         ));
         assert_eq!(code, "22P02");
-        assert_eq!(message, "api_fetch row 1, column \"txt\": cannot convert \"héllo \\\"world\\\"\" to integer");
-        assert!(detail.contains("invalid input syntax for type integer"), "{detail}");
+        assert_eq!(
+            message,
+            "api_fetch row 1, column \"txt\": cannot convert \"héllo \\\"world\\\"\" to integer"
+        );
+        assert!(
+            detail.contains("invalid input syntax for type integer"),
+            "{detail}"
+        );
         let (code, message, _) = fails(&format!(
             "CREATE TEMP TABLE narrow (small smallint, \"int\" smallint);
              SELECT * FROM api_fetch({}, path => '$.data', row_type => NULL::narrow)",
             lit(&api().url("/types"))
         ));
         assert_eq!(code, "22003");
-        assert!(message.starts_with("api_fetch row 1, column \"int\": cannot convert -2147483648"), "{message}");
+        assert!(
+            message.starts_with("api_fetch row 1, column \"int\": cannot convert -2147483648"),
+            "{message}"
+        );
     }
 
     #[test]
     fn http_errors_carry_status_and_body() {
-        let (code, message, detail) = fails(&format!("SELECT * FROM api_fetch({})", lit(&api().url("/status/503"))));
+        let (code, message, detail) = fails(&format!(
+            "SELECT * FROM api_fetch({})",
+            lit(&api().url("/status/503"))
+        ));
         assert_eq!(code, "38000");
-        assert_eq!(message, format!("HTTP 503 Service Unavailable from {}", api().url("/status/503")));
+        assert_eq!(
+            message,
+            format!(
+                "HTTP 503 Service Unavailable from {}",
+                api().url("/status/503")
+            )
+        );
         assert_eq!(detail, "response body: {\"error\":\"status 503\"}");
     }
 
@@ -248,14 +284,23 @@ mod api_fetch {
             ("/html", "is HTML, not JSON"),
             ("/truncated-json", "ends too early"),
         ] {
-            let (code, message, _) = fails(&format!("SELECT * FROM api_fetch({})", lit(&api().url(path))));
+            let (code, message, _) = fails(&format!(
+                "SELECT * FROM api_fetch({})",
+                lit(&api().url(path))
+            ));
             assert_eq!(code, "22032", "{path}");
             assert!(message.contains(needle), "{path}: {message}");
         }
-        let (code, message, _) = fails(&format!("SELECT * FROM api_fetch({})", lit(&api().url("/truncated"))));
+        let (code, message, _) = fails(&format!(
+            "SELECT * FROM api_fetch({})",
+            lit(&api().url("/truncated"))
+        ));
         assert_eq!(code, "08006");
         assert!(message.contains("could not read the response"), "{message}");
-        let empty = text(&format!("SELECT count(*)::text FROM api_fetch({})", lit(&api().url("/nocontent"))));
+        let empty = text(&format!(
+            "SELECT count(*)::text FROM api_fetch({})",
+            lit(&api().url("/nocontent"))
+        ));
         assert_eq!(empty, "0");
     }
 
@@ -300,10 +345,17 @@ mod bad_input {
             assert_eq!(got_code, *code, "{call}: {message}");
             assert!(message.contains(needle), "{call}: {message}");
         }
-        let (code, message, _) = fails(&format!("SELECT * FROM api_request({}, headers => '{{\"Host\": \"x\"}}')", lit(&good)));
+        let (code, message, _) = fails(&format!(
+            "SELECT * FROM api_request({}, headers => '{{\"Host\": \"x\"}}')",
+            lit(&good)
+        ));
         assert_eq!(code, "22023");
         assert!(message.contains("set by the HTTP client"), "{message}");
-        assert_eq!(api().requests_to("/never-called"), 0, "a rejected call must not reach the API");
+        assert_eq!(
+            api().requests_to("/never-called"),
+            0,
+            "a rejected call must not reach the API"
+        );
     }
 
     #[test]
@@ -316,17 +368,24 @@ mod bad_input {
         };
         let (code, message, _) = fails(&format!("SELECT * FROM api_request({})", lit(&refused)));
         assert_eq!(code, "08001");
-        assert!(message.starts_with(&format!("could not connect to {refused}")), "{message}");
+        assert!(
+            message.starts_with(&format!("could not connect to {refused}")),
+            "{message}"
+        );
         assert!(message.to_lowercase().contains("refused"), "{message}");
 
-        let (code, message, _) = fails("SELECT * FROM api_request('http://no-such-host.invalid/x')");
+        let (code, message, _) =
+            fails("SELECT * FROM api_request('http://no-such-host.invalid/x')");
         assert_eq!(code, "08001");
         assert!(message.contains("dns error"), "{message}");
 
         let tls = api().url("/echo").replace("http://", "https://");
         let (code, message, _) = fails(&format!("SELECT * FROM api_request({})", lit(&tls)));
         assert_eq!(code, "08001");
-        assert!(message.starts_with(&format!("could not connect to {tls}")), "{message}");
+        assert!(
+            message.starts_with(&format!("could not connect to {tls}")),
+            "{message}"
+        );
     }
 
     #[test]
@@ -338,13 +397,20 @@ mod bad_input {
         assert_eq!(code, "08006");
         assert!(message.contains("timed out after 300 ms"), "{message}");
 
-        for path in ["/big?bytes=5000", "/chunked?bytes=200000", "/compressed/gzip?bytes=200000"] {
+        for path in [
+            "/big?bytes=5000",
+            "/chunked?bytes=200000",
+            "/compressed/gzip?bytes=200000",
+        ] {
             let (code, message, _) = fails(&format!(
                 "SELECT * FROM api_fetch({}, options => '{{\"max_response_bytes\": 4000}}')",
                 lit(&api().url(path))
             ));
             assert_eq!(code, "54000", "{path}");
-            assert!(message.contains("larger than the limit of 4000 bytes"), "{path}: {message}");
+            assert!(
+                message.contains("larger than the limit of 4000 bytes"),
+                "{path}: {message}"
+            );
         }
         let (code, message, _) = fails(&format!(
             "SET apisync.max_response_bytes = '4kB'; SELECT * FROM api_request({})",
@@ -361,7 +427,10 @@ mod bad_input {
             "SELECT * FROM api_fetch({}, options => '{{\"auth\": {{\"type\": \"api_key\", \"name\": \"key\", \"in\": \"query\", \"value\": \"sup3rs3cret\"}}}}')",
             lit(&url)
         ));
-        assert!(!message.contains("sup3rs3cret") && !detail.contains("sup3rs3cret"), "{message} {detail}");
+        assert!(
+            !message.contains("sup3rs3cret") && !detail.contains("sup3rs3cret"),
+            "{message} {detail}"
+        );
         assert!(message.contains("key=***"), "{message}");
     }
 }
@@ -373,19 +442,28 @@ mod privileges {
     fn network_functions_need_a_grant() {
         let url = lit(&api().url("/echo"));
         for call in [format!("api_fetch({url})"), format!("api_request({url})")] {
-            let (code, message, _) = sql_error(connect_as("plain_user").batch_execute(&format!("SELECT * FROM {call}")));
+            let (code, message, _) =
+                sql_error(connect_as("plain_user").batch_execute(&format!("SELECT * FROM {call}")));
             assert_eq!(code, "42501", "{call}");
-            assert!(message.contains("permission denied for function"), "{message}");
-            connect_as("api_user").batch_execute(&format!("SELECT * FROM {call}")).unwrap();
+            assert!(
+                message.contains("permission denied for function"),
+                "{message}"
+            );
+            connect_as("api_user")
+                .batch_execute(&format!("SELECT * FROM {call}"))
+                .unwrap();
         }
     }
 
     #[test]
     fn limits_are_superuser_settings() {
-        let (code, message, _) = sql_error(connect_as("api_user").batch_execute("SET apisync.http_timeout_ms = '1h'"));
+        let (code, message, _) =
+            sql_error(connect_as("api_user").batch_execute("SET apisync.http_timeout_ms = '1h'"));
         assert_eq!(code, "42501");
         assert!(message.contains("apisync.http_timeout_ms"), "{message}");
-        connect_as("api_user").batch_execute("SET apisync.user_agent = 'mine/1'").unwrap();
+        connect_as("api_user")
+            .batch_execute("SET apisync.user_agent = 'mine/1'")
+            .unwrap();
         let (code, _, _) = sql_error(connect().batch_execute("SET apisync.no_such_setting = 1"));
         assert_eq!(code, "42602");
     }
@@ -403,19 +481,29 @@ mod cancel {
     fn statement_timeout_stops_a_request_and_the_backend_stays_healthy() {
         let mut client = connect();
         let slow = lit(&api().url("/slow?ms=20000"));
-        client.batch_execute("SET statement_timeout = '300ms'").unwrap();
+        client
+            .batch_execute("SET statement_timeout = '300ms'")
+            .unwrap();
         let started = Instant::now();
-        let (code, message, _) = sql_error(client.batch_execute(&format!("SELECT * FROM api_fetch({slow})")));
+        let (code, message, _) =
+            sql_error(client.batch_execute(&format!("SELECT * FROM api_fetch({slow})")));
         assert_quick(started);
         assert_eq!(code, "57014");
         assert_eq!(message, "canceling statement due to statement timeout");
         let started = Instant::now();
-        let (code, _, _) = sql_error(client.batch_execute(&format!("SELECT * FROM api_request({slow})")));
+        let (code, _, _) =
+            sql_error(client.batch_execute(&format!("SELECT * FROM api_request({slow})")));
         assert_quick(started);
         assert_eq!(code, "57014");
         client.batch_execute("RESET statement_timeout").unwrap();
         let echoed: i32 = client
-            .query_one(&format!("SELECT status FROM api_request({})", lit(&api().url("/echo"))), &[])
+            .query_one(
+                &format!(
+                    "SELECT status FROM api_request({})",
+                    lit(&api().url("/echo"))
+                ),
+                &[],
+            )
             .unwrap()
             .get(0);
         assert_eq!(echoed, 200);
@@ -424,19 +512,28 @@ mod cancel {
     #[test]
     fn pg_cancel_backend_stops_a_request() {
         let mut client = connect();
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
         let slow = lit(&api().url("/slow?ms=20000"));
         let canceller = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(500));
             let started = Instant::now();
-            connect().execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+            connect()
+                .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .unwrap();
             started
         });
-        let (code, message, _) = sql_error(client.batch_execute(&format!("SELECT * FROM api_fetch({slow})")));
+        let (code, message, _) =
+            sql_error(client.batch_execute(&format!("SELECT * FROM api_fetch({slow})")));
         let cancelled_at = canceller.join().unwrap();
         assert_quick(cancelled_at);
         assert_eq!(code, "57014");
         assert_eq!(message, "canceling statement due to user request");
-        assert_eq!(client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
+        assert_eq!(
+            client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0),
+            1
+        );
     }
 }

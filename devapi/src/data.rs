@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 const FIRST: [&str; 12] = [
     "Ada", "Bao", "Chen", "Dara", "Emeka", "Fatima", "Goran", "Hana", "Ines", "Jun", "Kofi", "Lena",
 ];
-const LAST: [&str; 7] = ["Lovelace", "Nguyen", "Wei", "Okafor", "Haddad", "Petrov", "Sato"];
+const LAST: [&str; 7] = [
+    "Lovelace", "Nguyen", "Wei", "Okafor", "Haddad", "Petrov", "Sato",
+];
 const CITIES: [&str; 5] = ["Shanghai", "Lagos", "Berlin", "Lima", "Osaka"];
 
 /// How many users the demo API holds.
@@ -26,8 +28,8 @@ pub fn users() -> Vec<Value> {
                 "city": CITIES[id as usize % CITIES.len()],
                 "score": format!("{}.{:02}", 50 + (id * 37) % 50, (id * 13) % 100),
                 "signupTime": format!("2024-{:02}-{:02}T{:02}:15:00+08:00", 1 + id % 12, 1 + id % 28, id % 24),
-                "active": id % 4 != 0,
-                "tags": if id % 3 == 0 { json!(["vip", "beta"]) } else { json!(["standard"]) },
+                "active": !id.is_multiple_of(4),
+                "tags": if id.is_multiple_of(3) { json!(["vip", "beta"]) } else { json!(["standard"]) },
             })
         })
         .collect()
@@ -42,7 +44,7 @@ pub fn bench_row(id: u64) -> Value {
         "score": format!("{}.{:02}", id % 1000, id % 100).parse::<Value>().unwrap_or(Value::Null),
         "email": format!("user{id}@example.com"),
         "created_at": format!("2024-{:02}-{:02}T{:02}:{:02}:{:02}Z", 1 + id % 12, 1 + id % 28, id % 24, id % 60, (id / 60) % 60),
-        "active": id % 2 == 0,
+        "active": id.is_multiple_of(2),
         "tags": ["t1", format!("g{}", id % 10)],
     })
 }

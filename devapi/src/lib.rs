@@ -56,21 +56,28 @@ impl DevApi {
         let state = Arc::new(State::default());
         let (shutdown, stopped) = oneshot::channel();
         let served = state.clone();
-        let thread = std::thread::Builder::new().name("devapi".into()).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("devapi needs a tokio runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                tokio::select! {
-                    _ = serve(listener, served) => {}
-                    _ = stopped => {}
-                }
-            });
-        })?;
-        Ok(DevApi { addr, state, shutdown: Some(shutdown), thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("devapi".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("devapi needs a tokio runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).expect("listener");
+                    tokio::select! {
+                        _ = serve(listener, served) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        Ok(DevApi {
+            addr,
+            state,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -114,7 +121,9 @@ impl Drop for DevApi {
 
 async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
@@ -122,7 +131,9 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, request).await) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -131,27 +142,48 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let query = parse_query(request.uri().query().unwrap_or(""));
     let path = request.uri().path().to_string();
-    *state.by_path.lock().unwrap_or_else(|e| e.into_inner()).entry(path.clone()).or_default() += 1;
+    *state
+        .by_path
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(path.clone())
+        .or_default() += 1;
     let number = |name: &str, default: u64| {
-        query.get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(default)
+        query
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["api", "users"] => users(request, &query).await,
         ["echo"] => echo(request, &query).await,
         ["status", code] => {
-            let code = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+            let code = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok());
             let code = code.unwrap_or(StatusCode::BAD_REQUEST);
             json_response(code, &json!({"error": format!("status {}", code.as_u16())}))
         }
         ["redirect", hops] => {
             let hops = hops.parse::<u32>().unwrap_or(0);
-            let next = if hops <= 1 { "/echo".to_string() } else { format!("/redirect/{}", hops - 1) };
+            let next = if hops <= 1 {
+                "/echo".to_string()
+            } else {
+                format!("/redirect/{}", hops - 1)
+            };
             let mut response = empty(StatusCode::FOUND);
-            response.headers_mut().insert(LOCATION, HeaderValue::from_str(&next).unwrap());
+            response
+                .headers_mut()
+                .insert(LOCATION, HeaderValue::from_str(&next).unwrap());
             response
         }
-        ["types"] => bytes_response(StatusCode::OK, "application/json", Bytes::from_static(data::TYPE_FIXTURE.as_bytes())),
+        ["types"] => bytes_response(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from_static(data::TYPE_FIXTURE.as_bytes()),
+        ),
         ["rows"] => {
             let body = state.page(number("offset", 0), number("n", 100));
             bytes_response(StatusCode::OK, "application/json", body)
@@ -174,7 +206,11 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             "text/html",
             Bytes::from_static(b"<!DOCTYPE html><html><body><h1>Sign in</h1></body></html>"),
         ),
-        ["notjson"] => bytes_response(StatusCode::OK, "application/json", Bytes::from_static(b"hello")),
+        ["notjson"] => bytes_response(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from_static(b"hello"),
+        ),
         ["truncated-json"] => bytes_response(
             StatusCode::OK,
             "application/json",
@@ -190,7 +226,10 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             headers.insert("x-request-id", HeaderValue::from_static("req-42"));
             response
         }
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "no such path", "path": path})),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "no such path", "path": path}),
+        ),
     }
 }
 
@@ -229,18 +268,34 @@ async fn users(request: Request<Incoming>, query: &HashMap<String, String>) -> R
             .and_then(|p| p["value"].as_str())
             .unwrap_or("")
             .to_string();
-        (paging["pageNum"].as_u64().unwrap_or(1), paging["pageSize"].as_u64().unwrap_or(10), filter)
+        (
+            paging["pageNum"].as_u64().unwrap_or(1),
+            paging["pageSize"].as_u64().unwrap_or(10),
+            filter,
+        )
     } else {
         let get = |k: &str, d: u64| query.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-        (get("pageNum", 1), get("pageSize", 10), query.get("name").cloned().unwrap_or_default())
+        (
+            get("pageNum", 1),
+            get("pageSize", 10),
+            query.get("name").cloned().unwrap_or_default(),
+        )
     };
     let matching: Vec<Value> = data::users()
         .into_iter()
-        .filter(|u| u["name"].as_str().is_some_and(|n| n.to_lowercase().contains(&name_filter.to_lowercase())))
+        .filter(|u| {
+            u["name"]
+                .as_str()
+                .is_some_and(|n| n.to_lowercase().contains(&name_filter.to_lowercase()))
+        })
         .collect();
     let total = matching.len();
     let start = ((page_num.max(1) - 1) * page_size) as usize;
-    let rows: Vec<Value> = matching.into_iter().skip(start).take(page_size as usize).collect();
+    let rows: Vec<Value> = matching
+        .into_iter()
+        .skip(start)
+        .take(page_size as usize)
+        .collect();
     json_response(
         StatusCode::OK,
         &json!({
@@ -262,7 +317,12 @@ async fn echo(request: Request<Incoming>, query: &HashMap<String, String>) -> Re
     let headers: Map<String, Value> = request
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
     let raw_query = request.uri().query().unwrap_or("").to_string();
     let body = read_body(request).await;
@@ -282,7 +342,12 @@ async fn echo(request: Request<Incoming>, query: &HashMap<String, String>) -> Re
 }
 
 async fn read_body(request: Request<Incoming>) -> Bytes {
-    request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default()
+    request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
 }
 
 fn parse_query(query: &str) -> HashMap<String, String> {
@@ -303,15 +368,13 @@ fn decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -328,29 +391,43 @@ fn padded_json(bytes: usize) -> Vec<u8> {
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    bytes_response(status, "application/json", Bytes::from(serde_json::to_vec(value).unwrap()))
+    bytes_response(
+        status,
+        "application/json",
+        Bytes::from(serde_json::to_vec(value).unwrap()),
+    )
 }
 
 fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
     response
 }
 
 /// A body sent in 64 KiB chunks with no Content-Length.
 fn chunked(body: Vec<u8>) -> Response<Body> {
-    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> =
-        body.chunks(64 * 1024).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
+    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = body
+        .chunks(64 * 1024)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
     let stream = futures_util::stream::iter(chunks);
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -359,18 +436,28 @@ fn truncated() -> Response<Body> {
     // The pause lets the head and the first bytes go out before the connection breaks.
     let frames = futures_util::stream::unfold(0, |step| async move {
         match step {
-            0 => Some((Ok(Frame::data(Bytes::from_static(b"{\"data\": [{\"id\": 1}"))), 1)),
+            0 => Some((
+                Ok(Frame::data(Bytes::from_static(b"{\"data\": [{\"id\": 1}"))),
+                1,
+            )),
             1 => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "devapi cuts the body");
+                let cut = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "devapi cuts the body",
+                );
                 Some((Err(cut), 2))
             }
             _ => None,
         }
     });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("1000"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("1000"));
     response
 }
 
@@ -378,11 +465,13 @@ fn truncated() -> Response<Body> {
 fn compressed(encoding: &str, body: &[u8]) -> Response<Body> {
     let encoded = match encoding {
         "gzip" => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             encoder.write_all(body).and_then(|_| encoder.finish())
         }
         "deflate" => {
-            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
             encoder.write_all(body).and_then(|_| encoder.finish())
         }
         "br" => {
@@ -397,6 +486,8 @@ fn compressed(encoding: &str, body: &[u8]) -> Response<Body> {
     };
     let encoded = encoded.expect("compressing into memory does not fail");
     let mut response = bytes_response(StatusCode::OK, "application/json", Bytes::from(encoded));
-    response.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_str(encoding).unwrap());
+    response
+        .headers_mut()
+        .insert(CONTENT_ENCODING, HeaderValue::from_str(encoding).unwrap());
     response
 }

@@ -53,7 +53,11 @@ pub async fn send(client: &Client, spec: &RequestSpec) -> Result<Response> {
         }
     }
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(e, spec))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(e, spec))?
+    {
         // Counted after decompression: a small gzip cannot inflate past the limit.
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(too_large(spec, limit, None));
@@ -82,7 +86,9 @@ fn too_large(spec: &RequestSpec, limit: u64, length: Option<u64>) -> Error {
             spec.display_url()
         ),
     )
-    .with_hint("raise options.max_response_bytes (up to apisync.max_response_bytes), or page the API")
+    .with_hint(
+        "raise options.max_response_bytes (up to apisync.max_response_bytes), or page the API",
+    )
 }
 
 /// Classifies a reqwest error. Its own text names the URL, which may carry secrets, so the URL is
@@ -97,21 +103,33 @@ fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
     let error = if timed_out {
         Error::new(
             SqlState::ConnectionFailure,
-            format!("request to {url} timed out after {} ms", spec.timeout.as_millis()),
+            format!(
+                "request to {url} timed out after {} ms",
+                spec.timeout.as_millis()
+            ),
         )
         .with_hint("raise options.timeout_ms (up to apisync.http_timeout_ms)")
     } else if connect {
-        Error::new(SqlState::UnableToConnect, format!("could not connect to {url}: {reason}"))
+        Error::new(
+            SqlState::UnableToConnect,
+            format!("could not connect to {url}: {reason}"),
+        )
     } else if redirect {
-        Error::new(SqlState::ConnectionFailure, format!("request to {url} failed: {reason}"))
-            .with_hint("at most 10 redirects are followed")
+        Error::new(
+            SqlState::ConnectionFailure,
+            format!("request to {url} failed: {reason}"),
+        )
+        .with_hint("at most 10 redirects are followed")
     } else if body {
         Error::new(
             SqlState::ConnectionFailure,
             format!("could not read the response from {url}: {reason}"),
         )
     } else {
-        Error::new(SqlState::ConnectionFailure, format!("request to {url} failed: {reason}"))
+        Error::new(
+            SqlState::ConnectionFailure,
+            format!("request to {url} failed: {reason}"),
+        )
     };
     error.redact(&spec.secrets)
 }

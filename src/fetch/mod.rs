@@ -130,7 +130,10 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
     if !(200..300).contains(&response.status) {
         return Err(Error::new(
             SqlState::ExternalRoutineException,
-            format!("HTTP {} from {url}", format!("{} {}", response.status, response.reason).trim_end()),
+            format!(
+                "HTTP {} from {url}",
+                format!("{} {}", response.status, response.reason).trim_end()
+            ),
         )
         .with_detail(format!("response body: {}", response.body_snippet()))
         .redact(&spec.secrets));
@@ -146,22 +149,32 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
             format!("response from {url} has an empty body, not JSON"),
         ));
     }
-    serde_json::from_slice(&response.body).map(Some).map_err(|e| {
-        let error = if trimmed.starts_with('<') {
-            Error::new(SqlState::InvalidJsonText, format!("response from {url} is HTML, not JSON"))
-                .with_hint("check the URL: servers answer with an HTML page for wrong paths and logins")
-        } else if e.is_eof() {
-            Error::new(
-                SqlState::InvalidJsonText,
-                format!("response from {url} is not valid JSON: it ends too early ({e})"),
-            )
-        } else {
-            Error::new(SqlState::InvalidJsonText, format!("response from {url} is not valid JSON: {e}"))
-        };
-        error
-            .with_detail(format!("response body: {}", response.body_snippet()))
-            .redact(&spec.secrets)
-    })
+    serde_json::from_slice(&response.body)
+        .map(Some)
+        .map_err(|e| {
+            let error = if trimmed.starts_with('<') {
+                Error::new(
+                    SqlState::InvalidJsonText,
+                    format!("response from {url} is HTML, not JSON"),
+                )
+                .with_hint(
+                    "check the URL: servers answer with an HTML page for wrong paths and logins",
+                )
+            } else if e.is_eof() {
+                Error::new(
+                    SqlState::InvalidJsonText,
+                    format!("response from {url} is not valid JSON: it ends too early ({e})"),
+                )
+            } else {
+                Error::new(
+                    SqlState::InvalidJsonText,
+                    format!("response from {url} is not valid JSON: {e}"),
+                )
+            };
+            error
+                .with_detail(format!("response body: {}", response.body_snippet()))
+                .redact(&spec.secrets)
+        })
 }
 
 #[cfg(test)]
@@ -171,8 +184,15 @@ mod tests {
     use reqwest::header::HeaderMap;
 
     fn spec() -> RequestSpec {
-        let limits = Limits { http_timeout_ms: 1000, max_response_bytes: 1000, user_agent: String::new() };
-        let args = RequestArgs { url: Some("http://127.0.0.1:1/api?k=tok"), ..Default::default() };
+        let limits = Limits {
+            http_timeout_ms: 1000,
+            max_response_bytes: 1000,
+            user_agent: String::new(),
+        };
+        let args = RequestArgs {
+            url: Some("http://127.0.0.1:1/api?k=tok"),
+            ..Default::default()
+        };
         let mut spec = parse_request(args, &limits).unwrap();
         spec.secrets.push("tok".into());
         spec
@@ -191,16 +211,24 @@ mod tests {
 
     #[test]
     fn error_statuses_carry_status_and_body_but_no_secret() {
-        let err = parse_document(&response(404, "{\"error\": \"no tok here\"}"), &spec()).unwrap_err();
+        let err =
+            parse_document(&response(404, "{\"error\": \"no tok here\"}"), &spec()).unwrap_err();
         assert_eq!(err.state, SqlState::ExternalRoutineException);
         assert_eq!(err.message, "HTTP 404 from http://127.0.0.1:1/api?k=***");
-        assert_eq!(err.detail.as_deref(), Some("response body: {\"error\": \"no *** here\"}"));
+        assert_eq!(
+            err.detail.as_deref(),
+            Some("response body: {\"error\": \"no *** here\"}")
+        );
     }
 
     #[test]
     fn html_truncated_and_empty_bodies_are_named() {
         let err = parse_document(&response(200, "<!doctype html><p>login"), &spec()).unwrap_err();
-        assert!(err.message.ends_with("is HTML, not JSON"), "{}", err.message);
+        assert!(
+            err.message.ends_with("is HTML, not JSON"),
+            "{}",
+            err.message
+        );
         let err = parse_document(&response(200, "{\"data\": [1, 2"), &spec()).unwrap_err();
         assert!(err.message.contains("ends too early"), "{}", err.message);
         let err = parse_document(&response(200, "  "), &spec()).unwrap_err();

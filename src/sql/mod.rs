@@ -4,6 +4,8 @@
 mod fetch;
 mod request;
 mod rows;
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -40,7 +42,9 @@ pub fn require_utf8() {
     // SAFETY: reads the database encoding, on the backend thread.
     let encoding = unsafe { pgrx::pg_sys::GetDatabaseEncoding() };
     if encoding != pgrx::pg_sys::pg_enc::PG_UTF8 as i32 {
-        raise(Error::not_supported("pg_apisync needs a database with encoding UTF8"));
+        raise(Error::not_supported(
+            "pg_apisync needs a database with encoding UTF8",
+        ));
     }
 }
 

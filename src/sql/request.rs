@@ -36,7 +36,9 @@ fn api_request(
         .and_then(|sent| sent)
         .or_raise();
 
-    let body_json = serde_json::from_slice::<Value>(&response.body).ok().map(JsonB);
+    let body_json = serde_json::from_slice::<Value>(&response.body)
+        .ok()
+        .map(JsonB);
     let body = text_without_nul(String::from_utf8_lossy(&response.body).into_owned());
     let filled = (|| -> Result<_, Box<dyn std::error::Error>> {
         let mut row = PgHeapTuple::new_composite_type_by_oid(result_type(fcinfo))?;
@@ -48,10 +50,9 @@ fn api_request(
         row.set_by_index(ELAPSED_MS, response.elapsed.as_secs_f64() * 1000.0)?;
         Ok(row)
     })();
-    filled.map_err(|e| {
-        Error::internal(format!("the response does not fit api_response: {e}"))
-    })
-    .or_raise()
+    filled
+        .map_err(|e| Error::internal(format!("the response does not fit api_response: {e}")))
+        .or_raise()
 }
 
 /// The attributes of `api_response`, 1-based as `set_by_index` wants them.
@@ -84,7 +85,9 @@ fn result_type(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Oid {
     // SAFETY: fcinfo is this call's; a composite result type is declared for the function.
     let class = unsafe { pg_sys::get_call_result_type(fcinfo, &mut typoid, std::ptr::null_mut()) };
     if class != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE {
-        raise(Error::internal("api_request must return the composite type api_response"));
+        raise(Error::internal(
+            "api_request must return the composite type api_response",
+        ));
     }
     typoid
 }

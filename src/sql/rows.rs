@@ -16,7 +16,8 @@ use crate::spec::json_kind;
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).
 const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// Postgres's timestamp range in its own microseconds (MIN_TIMESTAMP, END_TIMESTAMP).
-const TIMESTAMP_RANGE_US: std::ops::Range<i64> = -211_813_488_000_000_000..9_223_371_331_200_000_000;
+const TIMESTAMP_RANGE_US: std::ops::Range<i64> =
+    -211_813_488_000_000_000..9_223_371_331_200_000_000;
 
 /// Builds one Datum per JSON row.
 pub struct RowMaker {
@@ -105,9 +106,15 @@ impl RowMaker {
                     type_name(typoid)
                 )));
             }
-            return Ok(RowMaker { typoid, shape: Shape::Scalar(Converter::new(typoid, -1)?) });
+            return Ok(RowMaker {
+                typoid,
+                shape: Shape::Scalar(Converter::new(typoid, -1)?),
+            });
         }
-        Ok(RowMaker { typoid, shape: Shape::Composite(Composite::new(typoid, columns)?) })
+        Ok(RowMaker {
+            typoid,
+            shape: Shape::Composite(Composite::new(typoid, columns)?),
+        })
     }
 
     pub fn typoid(&self) -> Oid {
@@ -135,7 +142,12 @@ impl Composite {
         for attribute in view.iter() {
             let name = attribute.name().to_string();
             if attribute.is_dropped() {
-                columns.push(Column { lower: String::new(), name, path: None, converter: None });
+                columns.push(Column {
+                    lower: String::new(),
+                    name,
+                    path: None,
+                    converter: None,
+                });
                 continue;
             }
             let path = mapped
@@ -154,16 +166,28 @@ impl Composite {
         if let Some((unknown, _)) = mapped.first() {
             return Err(Error::new(
                 SqlState::UndefinedColumn,
-                format!("options.columns names column \"{unknown}\", which {type_name} does not have"),
+                format!(
+                    "options.columns names column \"{unknown}\", which {type_name} does not have"
+                ),
             ));
         }
         let width = columns.len();
-        Ok(Composite { type_name, tupdesc, columns, values: vec![Datum::from(0); width], nulls: vec![true; width] })
+        Ok(Composite {
+            type_name,
+            tupdesc,
+            columns,
+            values: vec![Datum::from(0); width],
+            nulls: vec![true; width],
+        })
     }
 
     fn make(&mut self, number: u64, row: &Value) -> Result<Datum> {
         let object = row.as_object();
-        if object.is_none() && self.columns.iter().any(|c| c.converter.is_some() && c.path.is_none())
+        if object.is_none()
+            && self
+                .columns
+                .iter()
+                .any(|c| c.converter.is_some() && c.path.is_none())
         {
             return Err(Error::new(
                 SqlState::DatatypeMismatch,
@@ -174,7 +198,9 @@ impl Composite {
                 ),
             )
             .with_detail(format!("row: {}", snippet(&row.to_string(), 100)))
-            .with_hint("point path at the objects (as in $.data), or map columns with options.columns"));
+            .with_hint(
+                "point path at the objects (as in $.data), or map columns with options.columns",
+            ));
         }
         for (i, column) in self.columns.iter_mut().enumerate() {
             let Some(converter) = column.converter.as_mut() else {
@@ -186,7 +212,9 @@ impl Composite {
                 None => object
                     .and_then(|o| {
                         o.get(&column.name).or_else(|| {
-                            o.iter().find(|(key, _)| key.to_lowercase() == column.lower).map(|(_, v)| v)
+                            o.iter()
+                                .find(|(key, _)| key.to_lowercase() == column.lower)
+                                .map(|(_, v)| v)
                         })
                     })
                     .map(crate::extract::Picked::One),
@@ -207,8 +235,11 @@ impl Composite {
         // SAFETY: values/nulls have one entry per attribute of tupdesc; the tuple is allocated
         // in the current (per-row) memory context.
         unsafe {
-            let tuple =
-                pg_sys::heap_form_tuple(self.tupdesc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
+            let tuple = pg_sys::heap_form_tuple(
+                self.tupdesc,
+                self.values.as_mut_ptr(),
+                self.nulls.as_mut_ptr(),
+            );
             Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
         }
     }
@@ -244,7 +275,9 @@ impl Converter {
                     Kind::Input
                 } else {
                     let (mut len, mut by_value, mut align) = (0i16, false, 0 as std::ffi::c_char);
-                    unsafe { pg_sys::get_typlenbyvalalign(element, &mut len, &mut by_value, &mut align) };
+                    unsafe {
+                        pg_sys::get_typlenbyvalalign(element, &mut len, &mut by_value, &mut align)
+                    };
                     Kind::Array(Box::new(ArrayElement {
                         converter: Converter::new(element, typmod)?,
                         len,
@@ -254,7 +287,13 @@ impl Converter {
                 }
             }
         };
-        Ok(Converter { typoid, typmod, kind, input, ioparam })
+        Ok(Converter {
+            typoid,
+            typmod,
+            kind,
+            input,
+            ioparam,
+        })
     }
 
     /// JSON null is SQL NULL; anything the fast path does not take goes to the input function.
@@ -263,12 +302,14 @@ impl Converter {
             return Ok(None);
         }
         let fast = match (&self.kind, value) {
-            (Kind::Int2, Value::Number(n)) => {
-                n.as_i64().and_then(|v| i16::try_from(v).ok()).map(Datum::from)
-            }
-            (Kind::Int4, Value::Number(n)) => {
-                n.as_i64().and_then(|v| i32::try_from(v).ok()).map(Datum::from)
-            }
+            (Kind::Int2, Value::Number(n)) => n
+                .as_i64()
+                .and_then(|v| i16::try_from(v).ok())
+                .map(Datum::from),
+            (Kind::Int4, Value::Number(n)) => n
+                .as_i64()
+                .and_then(|v| i32::try_from(v).ok())
+                .map(Datum::from),
             (Kind::Int8, Value::Number(n)) => n.as_i64().map(Datum::from),
             (Kind::Float8, Value::Number(n)) => n.as_f64().and_then(|v| v.into_datum()),
             (Kind::Float4, Value::Number(n)) => n
@@ -361,8 +402,9 @@ impl Failure {
     fn nul() -> Failure {
         Failure {
             state: SqlState::Raised(pgrx::PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER as i32),
-            reason: "the value contains a NUL character (\\u0000), which PostgreSQL text cannot hold"
-                .into(),
+            reason:
+                "the value contains a NUL character (\\u0000), which PostgreSQL text cannot hold"
+                    .into(),
         }
     }
 
@@ -384,7 +426,9 @@ fn text_datum(text: &str) -> Result<Datum, Failure> {
         return Err(Failure::nul());
     }
     // SAFETY: a UTF-8 buffer of the given length (the database is UTF8, checked by the caller).
-    Ok(Datum::from(unsafe { pg_sys::cstring_to_text_with_len(text.as_ptr().cast(), text.len() as i32) }))
+    Ok(Datum::from(unsafe {
+        pg_sys::cstring_to_text_with_len(text.as_ptr().cast(), text.len() as i32)
+    }))
 }
 
 /// Unix epoch seconds (as APIs such as Stripe send them) to a timestamp Datum, when in range.
@@ -395,10 +439,16 @@ fn epoch_seconds_to_timestamp(seconds: f64) -> Option<Datum> {
     }
     // Out of range falls through to the input function, whose error names the value.
     let postgres = micros as i64 - POSTGRES_EPOCH_OFFSET_US;
-    TIMESTAMP_RANGE_US.contains(&postgres).then(|| Datum::from(postgres))
+    TIMESTAMP_RANGE_US
+        .contains(&postgres)
+        .then(|| Datum::from(postgres))
 }
 
 pub fn type_name(typoid: Oid) -> String {
     // SAFETY: format_type_be returns a palloc'd C string for any OID.
-    unsafe { CStr::from_ptr(pg_sys::format_type_be(typoid)).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(pg_sys::format_type_be(typoid))
+            .to_string_lossy()
+            .into_owned()
+    }
 }
