@@ -11,6 +11,11 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 
 scripts/setup.sh
 
+# Every runner's "test result:" lines are summed into one closing line.
+LOG=$(mktemp /tmp/apisync-test-log.XXXXXX)
+cleanup() { rm -f "$LOG"; [ -z "${PGDATA_DIR:-}" ] || rm -rf "$PGDATA_DIR"; }
+trap cleanup EXIT
+
 echo "== format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --features "pg15 pg_test" -- -D warnings
@@ -20,11 +25,10 @@ echo "== unit tests and #[pg_test]s"
 # can reach wherever this checkout is.
 if [ "$(id -u)" -eq 0 ]; then
     PGDATA_DIR=$(mktemp -d /tmp/apisync-pgrx-test.XXXXXX)
-    trap 'rm -rf "$PGDATA_DIR"' EXIT
     chown postgres:postgres "$PGDATA_DIR"
-    cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR"
+    cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR" 2>&1 | tee -a "$LOG"
 else
-    cargo pgrx test pg15
+    cargo pgrx test pg15 2>&1 | tee -a "$LOG"
 fi
 
 echo "== integration tests"
@@ -32,4 +36,7 @@ echo "== integration tests"
 install_flags=()
 [ "$(id -u)" -eq 0 ] || install_flags=(--sudo)
 cargo pgrx install --pg-config "$PG_CONFIG" "${install_flags[@]}"
-cargo test -p apisync-tests
+cargo test -p apisync-tests 2>&1 | tee -a "$LOG"
+
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$LOG"

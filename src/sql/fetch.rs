@@ -9,9 +9,9 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use super::rows::RowMaker;
-use super::{require_utf8, OrRaise};
+use super::{request_args, OrRaise};
 use crate::fetch::{Http, PageStream};
-use crate::spec::{FetchSpec, RequestArgs};
+use crate::spec::FetchSpec;
 use crate::{interrupt, settings};
 
 /// The position of `row_type` among the arguments: its type is the type of the rows.
@@ -30,15 +30,8 @@ fn api_fetch(
     row_type: default!(Option<AnyElement>, "NULL::jsonb"),
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> SetOfIterator<'static, Option<AnyElement>> {
-    require_utf8();
     let _ = row_type; // only its type matters
-    let args = RequestArgs {
-        url,
-        method,
-        body: body.map(|b| b.0),
-        headers: headers.map(|h| h.0),
-        options: options.map(|o| o.0),
-    };
+    let args = request_args(url, method, body, headers, options);
     let spec = FetchSpec::parse(
         args,
         path.unwrap_or("$"),

@@ -8,9 +8,10 @@ mod rows;
 mod tests;
 
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::{PgLogLevel, PgSqlErrorCode};
+use pgrx::{JsonB, PgLogLevel, PgSqlErrorCode};
 
 use crate::error::{Error, SqlState};
+use crate::spec::RequestArgs;
 
 /// Raises `err` as an ERROR with its SQLSTATE, detail and hint. Secrets were scrubbed where the
 /// error was made.
@@ -37,8 +38,26 @@ impl<T> OrRaise<T> for Result<T, Error> {
     }
 }
 
-/// Text Datums are made from Rust's UTF-8 strings without conversion.
-pub fn require_utf8() {
+/// The arguments every network function shares, as the spec takes them. Checks the database
+/// encoding first: text Datums are made from Rust's UTF-8 strings without conversion.
+pub fn request_args<'a>(
+    url: Option<&'a str>,
+    method: Option<&'a str>,
+    body: Option<JsonB>,
+    headers: Option<JsonB>,
+    options: Option<JsonB>,
+) -> RequestArgs<'a> {
+    require_utf8();
+    RequestArgs {
+        url,
+        method,
+        body: body.map(|b| b.0),
+        headers: headers.map(|h| h.0),
+        options: options.map(|o| o.0),
+    }
+}
+
+fn require_utf8() {
     // SAFETY: reads the database encoding, on the backend thread.
     let encoding = unsafe { pgrx::pg_sys::GetDatabaseEncoding() };
     if encoding != pgrx::pg_sys::pg_enc::PG_UTF8 as i32 {

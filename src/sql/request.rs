@@ -6,10 +6,10 @@ use serde_json::{Map, Value};
 
 use std::num::NonZeroUsize;
 
-use super::{raise, require_utf8, OrRaise};
+use super::{raise, request_args, OrRaise};
 use crate::error::Error;
 use crate::fetch::{self, Http};
-use crate::spec::{parse_request, RequestArgs};
+use crate::spec::parse_request;
 use crate::{interrupt, settings};
 
 /// Non-2xx statuses are returned, not raised: the caller decides what an error is.
@@ -22,14 +22,7 @@ fn api_request(
     options: default!(Option<JsonB>, "'{}'"),
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pgrx::composite_type!('static, "api_response") {
-    require_utf8();
-    let args = RequestArgs {
-        url,
-        method,
-        body: body.map(|b| b.0),
-        headers: headers.map(|h| h.0),
-        options: options.map(|o| o.0),
-    };
+    let args = request_args(url, method, body, headers, options);
     let spec = parse_request(args, &settings::limits()).or_raise();
     let http = Http::get().or_raise();
     let response = interrupt::wait(&http.runtime, fetch::send(&http.client, &spec))
