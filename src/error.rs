@@ -16,6 +16,10 @@ pub enum SqlState {
     UndefinedColumn,
     /// 42804: `row_type` is not a type rows can be made of.
     DatatypeMismatch,
+    /// 42501: the network policy refuses a host or address.
+    InsufficientPrivilege,
+    /// 42704: a secret that does not exist (for this role).
+    UndefinedObject,
     /// 0A000: recognised, but not built yet.
     FeatureNotSupported,
     /// 08001: no connection could be made (refused, DNS, TLS).
@@ -45,6 +49,8 @@ impl SqlState {
             SqlState::SyntaxError => "42601",
             SqlState::UndefinedColumn => "42703",
             SqlState::DatatypeMismatch => "42804",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::UndefinedObject => "42704",
             SqlState::FeatureNotSupported => "0A000",
             SqlState::UnableToConnect => "08001",
             SqlState::ConnectionFailure => "08006",
@@ -74,6 +80,8 @@ pub struct Error {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// A failure that may pass when tried again (a refused connection, a broken transfer).
+    pub transient: bool,
 }
 
 impl Error {
@@ -83,6 +91,7 @@ impl Error {
             message: message.into(),
             detail: None,
             hint: None,
+            transient: false,
         }
     }
 
@@ -112,6 +121,11 @@ impl Error {
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
         self
     }
 

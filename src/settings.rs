@@ -5,6 +5,10 @@ use std::ffi::{CStr, CString};
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::fetch::policy::NetworkPolicy;
 use crate::spec::Limits;
 
 const DEFAULT_USER_AGENT: &CStr = match CStr::from_bytes_with_nul(
@@ -18,6 +22,12 @@ pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
 pub static USER_AGENT: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_USER_AGENT));
+pub static MAX_PAGES: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static ALLOWED_HOSTS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"*"));
+/// Link-local (cloud metadata at 169.254.169.254), IPv6 link-local, and "this network".
+pub static DENIED_NETWORKS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"169.254.0.0/16, fe80::/10, 0.0.0.0/8"));
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -48,6 +58,32 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"apisync.max_pages",
+        c"Pages a paged fetch requests at most, unless its paging spec says otherwise.",
+        c"Reaching it stops the fetch with a WARNING that the data was cut.",
+        &MAX_PAGES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"apisync.allowed_hosts",
+        c"Hosts requests may go to: names and *.suffix patterns, comma-separated; * allows all.",
+        c"Checked on every URL and redirect hop.",
+        &ALLOWED_HOSTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"apisync.denied_networks",
+        c"Networks requests may never reach, as CIDR, comma-separated.",
+        c"Checked on the addresses actually connected to, after DNS, and on every redirect hop.",
+        &DENIED_NETWORKS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     reserve_prefix();
 }
 
@@ -61,14 +97,21 @@ fn reserve_prefix() {
 #[cfg(any(feature = "pg13", feature = "pg14"))]
 fn reserve_prefix() {}
 
+fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|value| value.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// The settings that bound a request, as plain values for the Postgres-free code.
-pub fn limits() -> Limits {
-    Limits {
+pub fn limits() -> Result<Limits> {
+    let policy = NetworkPolicy::parse(&text(&ALLOWED_HOSTS), &text(&DENIED_NETWORKS))?;
+    Ok(Limits {
         http_timeout_ms: HTTP_TIMEOUT_MS.get().max(1) as u64,
         max_response_bytes: MAX_RESPONSE_BYTES.get().max(1) as u64,
-        user_agent: USER_AGENT
-            .get()
-            .map(|agent| agent.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    }
+        user_agent: text(&USER_AGENT),
+        max_pages: MAX_PAGES.get().max(1) as u32,
+        policy: Arc::new(policy),
+    })
 }

@@ -1,13 +1,18 @@
 //! One HTTP exchange: send a `RequestSpec`, read the body within its size limit, and turn every
 //! failure into an `Error` that says what happened without leaking secrets.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Client;
 
+use super::oauth;
+use super::policy::PolicyDenied;
 use crate::error::{snippet, Error, Result, SqlState};
-use crate::spec::{Body, RequestSpec};
+use crate::spec::{RateLimit, RequestSpec};
+
+/// Statuses worth another try: the server says it may work later.
+const RETRY_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
 /// A complete response, body read and decompressed.
 #[derive(Debug)]
@@ -18,6 +23,8 @@ pub struct Response {
     pub body: Vec<u8>,
     pub final_url: String,
     pub elapsed: Duration,
+    /// Requests it took, retries included.
+    pub attempts: u32,
 }
 
 impl Response {
@@ -27,19 +34,128 @@ impl Response {
     }
 }
 
+/// Sends `spec`, retrying what is worth retrying (`spec.retry`), spacing requests by the rate
+/// limit, and with a fresh OAuth2 token once when the API refuses the cached one.
 pub async fn send(client: &Client, spec: &RequestSpec) -> Result<Response> {
+    let mut attempt: u32 = 0;
+    let mut token_refreshed = false;
+    loop {
+        if let Some(rate) = &spec.retry.rate {
+            rate.acquire().await;
+        }
+        let bearer = match &spec.oauth {
+            Some(oauth) => Some(oauth::token(client, oauth, spec).await?),
+            None => None,
+        };
+        let result = send_once(client, spec, bearer.as_deref()).await;
+        let wait = match &result {
+            Ok(response) if response.status == 401 && !token_refreshed => {
+                if let Some(oauth) = &spec.oauth {
+                    oauth::forget(oauth);
+                    token_refreshed = true;
+                    continue;
+                }
+                None
+            }
+            Ok(response) if RETRY_STATUSES.contains(&response.status) => {
+                Some(retry_after(&response.headers).unwrap_or_else(|| backoff(spec, attempt)))
+            }
+            Err(error) if error.transient => Some(backoff(spec, attempt)),
+            _ => None,
+        };
+        match wait {
+            Some(wait) if attempt < spec.retry.retries => {
+                tokio::time::sleep(wait.min(spec.retry.max_wait)).await;
+                attempt += 1;
+            }
+            _ => {
+                let attempts = attempt + 1;
+                return match result {
+                    Ok(response) => Ok(Response {
+                        attempts,
+                        ..response
+                    }),
+                    Err(error) if attempts > 1 => {
+                        Err(error.with_detail(format!("tried {attempts} times")))
+                    }
+                    Err(error) => Err(error),
+                };
+            }
+        }
+    }
+}
+
+/// Exponential backoff from `retry.backoff`, with jitter so that clients do not retry in step.
+fn backoff(spec: &RequestSpec, attempt: u32) -> Duration {
+    let base = spec.retry.backoff.saturating_mul(1 << attempt.min(16));
+    let jitter = 0.5 + 0.5 * random_fraction();
+    base.mul_f64(jitter)
+}
+
+fn random_fraction() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x % 10_000) as f64 / 10_000.0
+}
+
+/// Retry-After as seconds or as an HTTP date (RFC 9110 §10.2.3).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+impl RateLimit {
+    /// Waits for this request's slot.
+    async fn acquire(&self) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.interval);
+            slot - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) -> Result<Response> {
+    spec.policy
+        .check_url(&spec.url)
+        .map_err(|d| d.into_error().redact(&spec.secrets))?;
     let started = Instant::now();
     let mut request = client
         .request(spec.method.clone(), spec.url.clone())
         .headers(spec.headers.clone())
         .timeout(spec.timeout);
-    if let Body::Bytes { content, .. } = &spec.body {
+    if let Some(token) = bearer {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            Error::invalid("the OAuth2 server sent a token that is not a valid header")
+        })?;
+        value.set_sensitive(true);
+        request = request.header(AUTHORIZATION, value);
+    }
+    if let Some(content) = spec.body.content() {
         if !spec.headers.contains_key(CONTENT_TYPE) {
-            if let Some(content_type) = spec.body.content_type_header() {
+            if let Some(content_type) = spec.body.content_type() {
                 request = request.header(CONTENT_TYPE, content_type);
             }
         }
-        request = request.body(content.clone());
+        request = request.body(content);
     }
     let mut response = request.send().await.map_err(|e| transport_error(e, spec))?;
     let status = response.status();
@@ -71,6 +187,7 @@ pub async fn send(client: &Client, spec: &RequestSpec) -> Result<Response> {
         body,
         final_url,
         elapsed: started.elapsed(),
+        attempts: 1,
     })
 }
 
@@ -95,6 +212,9 @@ fn too_large(spec: &RequestSpec, limit: u64, length: Option<u64>) -> Error {
 /// stripped and the redacted one put in its place.
 fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
     let url = spec.display_url();
+    if let Some(denied) = find_source::<PolicyDenied>(&err) {
+        return denied.clone().into_error().redact(&spec.secrets);
+    }
     let timed_out = err.is_timeout();
     let connect = err.is_connect();
     let redirect = err.is_redirect();
@@ -125,6 +245,7 @@ fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
             SqlState::ConnectionFailure,
             format!("could not read the response from {url}: {reason}"),
         )
+        .transient()
     } else {
         Error::new(
             SqlState::ConnectionFailure,
@@ -134,8 +255,22 @@ fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
     error.redact(&spec.secrets)
 }
 
+/// The first error of type `T` in the chain of `err`.
+fn find_source<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// "a: b: c" from an error and its sources, each said once.
-fn causes(err: &dyn std::error::Error) -> String {
+pub(crate) fn causes(err: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut current: Option<&dyn std::error::Error> = Some(err);
     while let Some(e) = current {

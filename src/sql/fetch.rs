@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use pgrx::prelude::*;
-use pgrx::{AnyElement, FromDatum, JsonB};
+use pgrx::{AnyElement, FromDatum, JsonB, PgLogLevel, PgSqlErrorCode};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use super::rows::RowMaker;
 use super::{request_args, OrRaise};
-use crate::fetch::{Http, PageStream};
+use crate::fetch::{Event, Http, PageStream};
 use crate::spec::FetchSpec;
 use crate::{interrupt, settings};
 
@@ -32,19 +32,22 @@ fn api_fetch(
 ) -> SetOfIterator<'static, Option<AnyElement>> {
     let _ = row_type; // only its type matters
     let args = request_args(url, method, body, headers, options);
-    let spec = FetchSpec::parse(
-        args,
-        path.unwrap_or("$"),
-        paging.as_ref().map(|p| &p.0),
-        &settings::limits(),
-    )
-    .or_raise();
+    let spec = settings::limits()
+        .and_then(|limits| {
+            FetchSpec::parse(
+                args,
+                path.unwrap_or("$"),
+                paging.as_ref().map(|p| &p.0),
+                &limits,
+            )
+        })
+        .or_raise();
     // SAFETY: fcinfo is this call's, and the argument exists.
     let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
     let columns = spec.columns.clone();
     let maker = RowMaker::new(typoid, columns).or_raise();
     let http = Http::get().or_raise();
-    let stream = PageStream::start(http, Arc::new(spec));
+    let stream = PageStream::start(http, Arc::new(spec)).or_raise();
     SetOfIterator::new(Rows {
         runtime: &http.runtime,
         stream,
@@ -83,7 +86,18 @@ impl Iterator for Rows {
                 return None;
             }
             match interrupt::wait(self.runtime, self.stream.next()).or_raise() {
-                Some(page) => self.page = page.or_raise().rows.into_iter(),
+                Some(event) => match event.or_raise() {
+                    Event::Page(page) => self.page = page.rows.into_iter(),
+                    Event::Cut { max_pages } => pgrx::ereport!(
+                        PgLogLevel::WARNING,
+                        PgSqlErrorCode::ERRCODE_WARNING,
+                        format!("api_fetch stopped after {max_pages} pages (max_pages): the data was cut"),
+                        "raise max_pages in the paging spec, or apisync.max_pages"
+                    ),
+                    Event::Finished { pages, reason } => {
+                        pgrx::debug1!("api_fetch: paging ended after {pages} pages: {reason}")
+                    }
+                },
                 None => self.finished = true,
             }
         }

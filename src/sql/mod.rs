@@ -4,6 +4,7 @@
 mod fetch;
 mod request;
 mod rows;
+mod secrets;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
@@ -48,12 +49,15 @@ pub fn request_args<'a>(
     options: Option<JsonB>,
 ) -> RequestArgs<'a> {
     require_utf8();
+    let options = options.map(|o| o.0);
+    let secrets = secrets::lookup(&crate::spec::secret_names(options.as_ref()));
     RequestArgs {
         url,
         method,
         body: body.map(|b| b.0),
         headers: headers.map(|h| h.0),
-        options: options.map(|o| o.0),
+        options,
+        secrets,
     }
 }
 
@@ -75,6 +79,8 @@ fn sqlstate(state: SqlState) -> PgSqlErrorCode {
         SqlState::SyntaxError => ERRCODE_SYNTAX_ERROR,
         SqlState::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
         SqlState::DatatypeMismatch => ERRCODE_DATATYPE_MISMATCH,
+        SqlState::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        SqlState::UndefinedObject => ERRCODE_UNDEFINED_OBJECT,
         SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
         SqlState::UnableToConnect => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
         SqlState::ConnectionFailure => ERRCODE_CONNECTION_FAILURE,

@@ -23,9 +23,12 @@ fn api_request(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pgrx::composite_type!('static, "api_response") {
     let args = request_args(url, method, body, headers, options);
-    let spec = parse_request(args, &settings::limits()).or_raise();
+    let spec = settings::limits()
+        .and_then(|limits| parse_request(args, &limits))
+        .or_raise();
     let http = Http::get().or_raise();
-    let response = interrupt::wait(&http.runtime, fetch::send(&http.client, &spec))
+    let client = http.client(&spec.policy).or_raise();
+    let response = interrupt::wait(&http.runtime, fetch::send(&client, &spec))
         .and_then(|sent| sent)
         .or_raise();
 

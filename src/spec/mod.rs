@@ -1,6 +1,10 @@
 //! The request spec: the SQL arguments of `api_request` / `api_fetch`, parsed and validated once,
 //! before any request is made. Plain Rust; the SQL layer reads settings into `Limits` first.
 
+pub mod paging;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -9,8 +13,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SqlState};
 use crate::extract::RowPath;
+use crate::fetch::policy::NetworkPolicy;
+
+pub use paging::{Paging, PagingKind, ParamPlace};
 
 /// What the session's settings allow; read on the backend thread before anything else.
 #[derive(Debug, Clone)]
@@ -21,6 +28,10 @@ pub struct Limits {
     pub max_response_bytes: u64,
     /// `apisync.user_agent`.
     pub user_agent: String,
+    /// `apisync.max_pages`: the default page limit of a paged fetch.
+    pub max_pages: u32,
+    /// `apisync.allowed_hosts` and `apisync.denied_networks`.
+    pub policy: Arc<NetworkPolicy>,
 }
 
 /// The SQL arguments shared by `api_request` and `api_fetch`, as Rust values.
@@ -31,6 +42,8 @@ pub struct RequestArgs<'a> {
     pub body: Option<Value>,
     pub headers: Option<Value>,
     pub options: Option<Value>,
+    /// The values of the secrets `options` names, looked up by the SQL layer (`secret_names`).
+    pub secrets: HashMap<String, String>,
 }
 
 /// One HTTP request, ready to send.
@@ -44,15 +57,52 @@ pub struct RequestSpec {
     pub max_response_bytes: u64,
     /// Values that must never be shown: scrubbed from every error.
     pub secrets: Vec<String>,
+    pub retry: RetryPolicy,
+    /// OAuth2 client credentials: the token is fetched (and cached) when sending.
+    pub oauth: Option<Arc<OAuth2>>,
+    pub policy: Arc<NetworkPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     None,
+    /// Kept as JSON so that paging can set parameters inside it.
+    Json {
+        value: Value,
+        content_type: String,
+    },
     Bytes {
         content: Vec<u8>,
         content_type: String,
     },
+}
+
+/// Retries of 408, 429, 500, 502, 503, 504 and transient connection failures.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub retries: u32,
+    /// The first backoff; doubled each retry, with jitter.
+    pub backoff: Duration,
+    /// The most one wait may be, Retry-After included.
+    pub max_wait: Duration,
+    /// `options.rate_limit`: requests per second, shared by all requests of one call.
+    pub rate: Option<Arc<RateLimit>>,
+}
+
+/// Spaces requests `interval` apart.
+#[derive(Debug)]
+pub struct RateLimit {
+    pub interval: Duration,
+    pub next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// `options.auth` of type oauth2_client_credentials, resolved.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct OAuth2 {
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scope: Option<String>,
 }
 
 /// Everything `api_fetch` needs besides the row type.
@@ -62,6 +112,11 @@ pub struct FetchSpec {
     pub path: RowPath,
     /// `options.columns`: column name → JSONPath relative to the row, in the order given.
     pub columns: Vec<(String, RowPath)>,
+    /// None: one request.
+    pub paging: Option<Paging>,
+    pub max_pages: u32,
+    /// Pages fetched at once when the page count is known.
+    pub concurrency: u32,
 }
 
 /// `options`: every key of DESIGN.md §2.1; anything else is an error, so a typo is never ignored.
@@ -70,6 +125,9 @@ pub struct FetchSpec {
 struct Options {
     timeout_ms: Option<u64>,
     retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    max_retry_wait_ms: Option<u64>,
+    rate_limit: Option<f64>,
     query: Option<Map<String, Value>>,
     auth: Option<Auth>,
     max_pages: Option<u32>,
@@ -102,7 +160,13 @@ enum Auth {
         secret: Option<String>,
     },
     #[serde(rename = "oauth2_client_credentials")]
-    OAuth2ClientCredentials {},
+    OAuth2ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: Option<String>,
+        secret: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,9 +202,10 @@ impl FetchSpec {
         limits: &Limits,
     ) -> Result<FetchSpec> {
         let path = RowPath::parse(path)?;
-        if let Some(paging) = paging {
-            validate_paging(paging)?;
-        }
+        let paging = match paging {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(Paging::parse(value)?),
+        };
         let (request, options) = parse_common(args, limits)?;
         let columns = options
             .columns
@@ -154,12 +219,54 @@ impl FetchSpec {
                 ))),
             })
             .collect::<Result<Vec<_>>>()?;
+        let max_pages = paging
+            .as_ref()
+            .and_then(|p| p.max_pages)
+            .or(options.max_pages)
+            .unwrap_or(limits.max_pages);
+        if max_pages == 0 {
+            return Err(Error::invalid("max_pages must be positive"));
+        }
+        let concurrency = paging
+            .as_ref()
+            .and_then(|p| p.concurrency)
+            .or(options.concurrency)
+            .unwrap_or(1);
+        if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+            return Err(Error::invalid(format!(
+                "concurrency must be between 1 and {MAX_CONCURRENCY}"
+            )));
+        }
+        if let Some(paging) = &paging {
+            paging.check_against(&request, concurrency)?;
+        } else if options.max_pages.is_some() || options.concurrency.is_some() {
+            return Err(Error::invalid(
+                "options.max_pages and options.concurrency need a paging spec",
+            ));
+        }
         Ok(FetchSpec {
             request,
             path,
             columns,
+            paging,
+            max_pages,
+            concurrency,
         })
     }
+}
+
+/// Pages in flight at once, at most.
+const MAX_CONCURRENCY: u32 = 64;
+
+/// The names of the secrets `options` refers to (`options.auth.secret`), for the SQL layer to
+/// look up before parsing.
+pub fn secret_names(options: Option<&Value>) -> Vec<String> {
+    options
+        .and_then(|o| o.get("auth"))
+        .and_then(|auth| auth.get("secret"))
+        .and_then(Value::as_str)
+        .map(|name| vec![name.to_string()])
+        .unwrap_or_default()
 }
 
 fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, Options)> {
@@ -177,11 +284,18 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
             }
         }
     }
-    if let Some(auth) = &options.auth {
-        apply_auth(auth, &mut url, &mut headers, &mut secrets)?;
-    }
+    let oauth = match &options.auth {
+        Some(auth) => apply_auth(auth, &args.secrets, &mut url, &mut headers, &mut secrets)?,
+        None => None,
+    };
     if let Some(password) = url.password() {
         secrets.push(password.to_string());
+    }
+    for checked in std::iter::once(&url).chain(oauth.as_ref().map(|o| &o.token_url)) {
+        limits
+            .policy
+            .check_url(checked)
+            .map_err(|denied| denied.into_error().redact(&secrets))?;
     }
 
     let body = parse_body(args.body, &options)?;
@@ -203,21 +317,7 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
             .map_err(|_| Error::invalid("apisync.user_agent is not a valid header value"))?;
         headers.insert(reqwest::header::USER_AGENT, agent);
     }
-    for (key, value) in [
-        ("retries", options.retries),
-        ("max_pages", options.max_pages),
-    ] {
-        if value.is_some() {
-            return Err(Error::not_supported(format!(
-                "options.{key} is not supported yet"
-            )));
-        }
-    }
-    if options.concurrency.is_some() {
-        return Err(Error::not_supported(
-            "options.concurrency is not supported yet",
-        ));
-    }
+    let retry = parse_retry(&options)?;
     let spec = RequestSpec {
         method,
         url,
@@ -226,8 +326,32 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
         timeout: Duration::from_millis(timeout_ms),
         max_response_bytes,
         secrets,
+        retry,
+        oauth: oauth.map(Arc::new),
+        policy: limits.policy.clone(),
     };
     Ok((spec, options))
+}
+
+fn parse_retry(options: &Options) -> Result<RetryPolicy> {
+    let rate = match options.rate_limit {
+        None => None,
+        Some(rate) if rate.is_finite() && rate > 0.0 => Some(Arc::new(RateLimit {
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: std::sync::Mutex::new(None),
+        })),
+        Some(_) => {
+            return Err(Error::invalid(
+                "options.rate_limit must be a positive number of requests per second",
+            ))
+        }
+    };
+    Ok(RetryPolicy {
+        retries: options.retries.unwrap_or(3),
+        backoff: Duration::from_millis(options.retry_backoff_ms.unwrap_or(200)),
+        max_wait: Duration::from_millis(options.max_retry_wait_ms.unwrap_or(60_000)),
+        rate,
+    })
 }
 
 fn parse_options(options: Option<Value>) -> Result<Options> {
@@ -366,8 +490,8 @@ fn parse_body(body: Option<Value>, options: &Options) -> Result<Body> {
         });
     }
     match body {
-        Some(json) => Ok(Body::Bytes {
-            content: serde_json::to_vec(&json).map_err(|e| Error::internal(e.to_string()))?,
+        Some(json) => Ok(Body::Json {
+            value: json,
             content_type: content_type.unwrap_or_else(|| "application/json".into()),
         }),
         None if content_type.is_some() => Err(Error::invalid(
@@ -378,17 +502,28 @@ fn parse_body(body: Option<Value>, options: &Options) -> Result<Body> {
 }
 
 impl Body {
-    pub fn content_type_header(&self) -> Option<HeaderValue> {
+    pub fn content_type(&self) -> Option<&str> {
         match self {
             Body::None => None,
-            Body::Bytes { content_type, .. } => HeaderValue::from_str(content_type).ok(),
+            Body::Json { content_type, .. } | Body::Bytes { content_type, .. } => {
+                Some(content_type)
+            }
+        }
+    }
+
+    /// The bytes to send.
+    pub fn content(&self) -> Option<Vec<u8>> {
+        match self {
+            Body::None => None,
+            Body::Json { value, .. } => Some(value.to_string().into_bytes()),
+            Body::Bytes { content, .. } => Some(content.clone()),
         }
     }
 }
 
 /// Validates the content type up front so that sending never fails on it.
 fn check_content_type(body: &Body) -> Result<()> {
-    if let Body::Bytes { content_type, .. } = body {
+    if let Some(content_type) = body.content_type() {
         HeaderValue::from_str(content_type).map_err(|_| {
             Error::invalid(format!("invalid options.content_type \"{content_type}\""))
         })?;
@@ -420,17 +555,24 @@ fn query_values(name: &str, value: &Value) -> Result<Vec<String>> {
 
 fn apply_auth(
     auth: &Auth,
+    stored: &HashMap<String, String>,
     url: &mut Url,
     headers: &mut HeaderMap,
     secrets: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Option<OAuth2>> {
     let inline = |kind: &str, field: &str, value: &Option<String>, secret: &Option<String>| match (
         value, secret,
     ) {
         (Some(value), None) => Ok(value.clone()),
-        (None, Some(_)) => Err(Error::not_supported(format!(
-            "options.auth.secret ({kind}) is not supported yet: give options.auth.{field}"
-        ))),
+        (None, Some(name)) => stored.get(name).cloned().ok_or_else(|| {
+            Error::new(
+                SqlState::UndefinedObject,
+                format!("secret \"{name}\" does not exist"),
+            )
+            .with_hint(
+                "create it with apisync.create_secret(name, value), as the role that uses it",
+            )
+        }),
         _ => Err(Error::invalid(format!(
             "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
         ))),
@@ -488,16 +630,36 @@ fn apply_auth(
                 }
             }
         }
-        Auth::OAuth2ClientCredentials {} => {
-            return Err(Error::not_supported(
-                "options.auth of type oauth2_client_credentials is not supported yet",
-            ))
+        Auth::OAuth2ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            secret,
+            scope,
+        } => {
+            let client_secret = inline(
+                "oauth2_client_credentials",
+                "client_secret",
+                client_secret,
+                secret,
+            )?;
+            secrets.push(client_secret.clone());
+            let token_url = parse_url(Some(token_url)).map_err(|e| Error {
+                message: format!("options.auth.token_url: {}", e.message),
+                ..e
+            })?;
+            return Ok(Some(OAuth2 {
+                token_url,
+                client_id: client_id.clone(),
+                client_secret,
+                scope: scope.clone(),
+            }));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -529,28 +691,18 @@ fn bounded(key: &str, given: Option<u64>, setting: u64, setting_name: &str) -> R
     }
 }
 
-/// Paging is validated here so that a wrong spec fails before any request; fetching pages comes
-/// with the paging work (DESIGN.md §2.4).
-fn validate_paging(paging: &Value) -> Result<()> {
-    match paging {
-        Value::Null => Ok(()),
-        Value::Object(spec) => {
-            let kind = spec.get("type").and_then(Value::as_str).ok_or_else(|| {
-                Error::invalid("paging needs a \"type\"")
-                    .with_hint("one of page_number, offset, cursor, next_url, link_header")
-            })?;
-            match kind {
-                "page_number" | "offset" | "cursor" | "next_url" | "link_header" => Err(
-                    Error::not_supported(format!("paging of type {kind} is not supported yet")),
-                ),
-                other => Err(Error::invalid(format!("unknown paging type \"{other}\""))
-                    .with_hint("one of page_number, offset, cursor, next_url, link_header")),
-            }
-        }
-        other => Err(Error::invalid(format!(
-            "paging must be a JSON object, not {}",
-            json_kind(other)
-        ))),
+/// Settings for plain unit tests: a 1 s timeout, 1000 bytes, no user agent, 10 pages, the default
+/// denied networks.
+#[cfg(test)]
+pub fn test_limits() -> Limits {
+    Limits {
+        http_timeout_ms: 1000,
+        max_response_bytes: 1000,
+        user_agent: String::new(),
+        max_pages: 10,
+        policy: Arc::new(
+            NetworkPolicy::parse("*", "169.254.0.0/16, fe80::/10, 0.0.0.0/8").unwrap(),
+        ),
     }
 }
 
@@ -597,6 +749,7 @@ mod tests {
             http_timeout_ms: 30_000,
             max_response_bytes: 1 << 20,
             user_agent: "ua/1".into(),
+            ..test_limits()
         }
     }
 
@@ -856,9 +1009,34 @@ mod tests {
         let err =
             FetchSpec::parse(args(), "$", Some(&json!({"type": "pages"})), &limits()).unwrap_err();
         assert!(err.message.contains("unknown paging type \"pages\""));
-        let err =
-            FetchSpec::parse(args(), "$", Some(&json!({"type": "cursor"})), &limits()).unwrap_err();
-        assert_eq!(err.state, SqlState::FeatureNotSupported);
+        let concurrent =
+            json!({"type": "cursor", "cursor_path": "$.c", "cursor_param": "c", "concurrency": 4});
+        let err = FetchSpec::parse(args(), "$", Some(&concurrent), &limits()).unwrap_err();
+        assert!(err
+            .message
+            .contains("needs page_number or offset paging with a known page count"));
+        let counted = json!({"type": "page_number", "page_param": "p", "page_size": 10, "total_path": "$.total", "concurrency": 4});
+        let spec = FetchSpec::parse(args(), "$", Some(&counted), &limits()).unwrap();
+        assert_eq!((spec.concurrency, spec.max_pages), (4, 10));
+        let err = FetchSpec::parse(args(), "$", None, &limits());
+        assert!(err.is_ok());
+        let lone = RequestArgs {
+            url: Some("http://h/"),
+            options: Some(json!({"max_pages": 3})),
+            ..Default::default()
+        };
+        let err = FetchSpec::parse(lone, "$", None, &limits()).unwrap_err();
+        assert!(
+            err.message.contains("need a paging spec"),
+            "{}",
+            err.message
+        );
+        let metadata = RequestArgs {
+            url: Some("http://169.254.169.254/latest"),
+            ..Default::default()
+        };
+        let err = FetchSpec::parse(metadata, "$", None, &limits()).unwrap_err();
+        assert_eq!(err.state, SqlState::InsufficientPrivilege);
         let with_columns = RequestArgs {
             url: Some("http://h/"),
             options: Some(json!({"columns": {"b": "$.x.y", "a": "$.z"}})),

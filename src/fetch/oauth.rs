@@ -1,0 +1,114 @@
+//! OAuth2 client credentials (RFC 6749 §4.4): a token per (token URL, client, scope), cached in
+//! the backend until shortly before it expires, fetched again once when an API answers 401.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Client;
+use serde_json::Value;
+
+use crate::error::{snippet, Error, Result, SqlState};
+use crate::spec::{base64_encode, OAuth2, RequestSpec};
+
+/// Tokens are renewed this long before they expire.
+const MARGIN: Duration = Duration::from_secs(30);
+/// When the server does not say how long a token lives.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+static TOKENS: Mutex<Vec<(Arc<OAuth2>, String, Instant)>> = Mutex::new(Vec::new());
+
+/// A valid access token: the cached one, or a new one from the token URL.
+pub async fn token(client: &Client, oauth: &Arc<OAuth2>, spec: &RequestSpec) -> Result<String> {
+    if let Some(token) = cached(oauth) {
+        return Ok(token);
+    }
+    let (token, lifetime) = request_token(client, oauth, spec).await?;
+    let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens.retain(|(key, _, _)| **key != **oauth);
+    tokens.push((
+        oauth.clone(),
+        token.clone(),
+        Instant::now() + lifetime.saturating_sub(MARGIN),
+    ));
+    Ok(token)
+}
+
+/// Drops the cached token (the API refused it).
+pub fn forget(oauth: &OAuth2) {
+    TOKENS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(key, _, _)| **key != *oauth);
+}
+
+fn cached(oauth: &OAuth2) -> Option<String> {
+    let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    tokens
+        .iter()
+        .find(|(key, _, until)| **key == *oauth && *until > now)
+        .map(|(_, token, _)| token.clone())
+}
+
+async fn request_token(
+    client: &Client,
+    oauth: &OAuth2,
+    spec: &RequestSpec,
+) -> Result<(String, Duration)> {
+    let url = oauth.token_url.as_str();
+    let fail = |message: String| {
+        Error::new(
+            SqlState::ExternalRoutineException,
+            format!("OAuth2 token request to {url} failed: {message}"),
+        )
+        .redact(&spec.secrets)
+    };
+    spec.policy
+        .check_url(&oauth.token_url)
+        .map_err(|d| d.into_error())?;
+    let form = {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(scope) = &oauth.scope {
+            form.append_pair("scope", scope);
+        }
+        form.finish()
+    };
+    let credentials =
+        base64_encode(format!("{}:{}", oauth.client_id, oauth.client_secret).as_bytes());
+    let response = client
+        .post(oauth.token_url.clone())
+        .header(AUTHORIZATION, format!("Basic {credentials}"))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(ACCEPT, "application/json")
+        .timeout(spec.timeout)
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| fail(crate::fetch::http::causes(&e.without_url())))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| fail(crate::fetch::http::causes(&e.without_url())))?;
+    if !status.is_success() {
+        return Err(fail(format!("HTTP {status}"))
+            .with_detail(format!(
+                "response body: {}",
+                snippet(&String::from_utf8_lossy(&body), 200)
+            ))
+            .redact(&spec.secrets));
+    }
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|e| fail(format!("the answer is not JSON: {e}")))?;
+    let token = doc["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| fail("the answer has no access_token".into()))?;
+    let lifetime = doc["expires_in"]
+        .as_u64()
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LIFETIME);
+    Ok((token.to_string(), lifetime))
+}
