@@ -43,6 +43,14 @@ run plain_sql "INSERT INTO t SELECT * FROM jsonb_populate_recordset(NULL::t, (SE
 run api_fetch "INSERT INTO t SELECT * FROM api_fetch('$page', path => '\$.data', row_type => NULL::t)"
 
 rows_loaded=$(psql_run -tA -c "SELECT count(*) FROM t")
+
+# 100 pages that each take 100 ms to answer, fetched one at a time and eight at a time.
+slow="$api_url/slowpages?pages=100&size=10&ms=100"
+paged() {
+    echo "SELECT count(*) FROM api_fetch('$slow', path => '\$.data', paging => '{\"type\": \"page_number\", \"page_param\": \"page\", \"total_pages_path\": \"\$.total_pages\", \"concurrency\": $1}')"
+}
+concurrency_1=$(timed "$(paged 1)")
+concurrency_8=$(timed "$(paged 8)")
 echo
 echo "ingest of $rows_loaded rows (id, name, score numeric, email, created_at timestamptz, active, tags text[]), one page from loopback"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $("$PG_BIN/postgres" --version); median of $ROUNDS"
@@ -56,3 +64,7 @@ for label in copy plain_sql api_fetch; do
     esac
     printf '%-52s %10.1f %7.2fx\n' "$name" "${result[$label]}" "$(echo "${result[$label]} ${result[copy]}" | awk '{ print $1 / $2 }')"
 done
+echo
+echo "100 pages of 100 ms each (one run each)"
+printf '%-52s %10.1f\n' "api_fetch, concurrency 1" "$concurrency_1"
+printf '%-52s %10.1f %7.2fx faster\n' "api_fetch, concurrency 8" "$concurrency_8" "$(echo "$concurrency_1 $concurrency_8" | awk '{ print $1 / $2 }')"

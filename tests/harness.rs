@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 pub use devapi::DevApi;
@@ -38,6 +38,8 @@ pub fn cluster() -> &'static Cluster {
                 "CREATE EXTENSION pg_apisync;
                  CREATE ROLE api_user LOGIN;
                  CREATE ROLE plain_user LOGIN;
+                 CREATE ROLE other_user LOGIN;
+                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO other_user;
                  GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO api_user;
                  GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO api_user;",
             )
@@ -59,6 +61,11 @@ pub fn connect() -> Client {
 /// A new connection as `role`.
 pub fn connect_as(role: &str) -> Client {
     cluster().connect_as(role)
+}
+
+/// A new superuser connection that collects NOTICEs and WARNINGs.
+pub fn connect_collecting() -> (Client, Arc<Mutex<Vec<String>>>) {
+    cluster().connect_collecting("postgres")
 }
 
 impl Cluster {
@@ -107,17 +114,35 @@ impl Cluster {
     }
 
     pub fn connect_as(&self, role: &str) -> Client {
-        let config = format!(
+        self.connect_with(role, |_| {})
+    }
+
+    /// A connection as `role` whose NOTICEs and WARNINGs land in the returned list.
+    pub fn connect_collecting(&self, role: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let client = self.connect_with(role, move |config| {
+            let sink = sink.clone();
+            config.notice_callback(move |notice| {
+                sink.lock()
+                    .unwrap()
+                    .push(format!("{}: {}", notice.severity(), notice.message()))
+            });
+        });
+        (client, notices)
+    }
+
+    fn connect_with(&self, role: &str, adjust: impl Fn(&mut postgres::Config)) -> Client {
+        let text = format!(
             "host=127.0.0.1 port={} user={role} dbname=postgres",
             self.port
         );
+        let mut config: postgres::Config = text.parse().expect("a connection string");
+        adjust(&mut config);
         for attempt in 0.. {
-            match Client::connect(&config, NoTls) {
+            match config.connect(NoTls) {
                 Ok(client) => return client,
-                Err(e) if attempt < 50 => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                Err(_) if attempt < 50 => std::thread::sleep(Duration::from_millis(100)),
                 Err(e) => panic!("cannot connect to the test cluster: {e}"),
             }
         }

@@ -263,7 +263,7 @@ mod api_fetch {
     #[test]
     fn http_errors_carry_status_and_body() {
         let (code, message, detail) = fails(&format!(
-            "SELECT * FROM api_fetch({})",
+            "SELECT * FROM api_fetch({}, options => '{{\"retries\": 0}}')",
             lit(&api().url("/status/503"))
         ));
         assert_eq!(code, "38000");
@@ -535,5 +535,504 @@ mod cancel {
             client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0),
             1
         );
+    }
+}
+
+/// The ids of every row, in order, and how many requests the tagged path saw.
+fn ids_and_requests(tag: &str, call: &str) -> (String, u64) {
+    let ids = text(&format!("SELECT string_agg(r->>'id', ',') FROM {call} r"));
+    (ids, api().requests_to(tag))
+}
+
+fn one_to(n: u64) -> String {
+    (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+mod paging {
+    use super::*;
+
+    #[test]
+    fn finedatalink_page_numbers_in_the_body() {
+        let url = api().url("/t-fdl/api/users");
+        let (ids, requests) = ids_and_requests(
+            "/t-fdl/api/users",
+            &format!(
+                "api_fetch({}, 'POST', '{{\"paging\": {{\"pageSize\": 1, \"pageNum\": 1}}, \"params\": [{{\"name\": \"name\", \"value\": \"\"}}]}}', '$.data',
+                           paging => '{{\"type\": \"page_number\", \"in\": \"body\", \"page_param\": \"paging.pageNum\", \"size_param\": \"paging.pageSize\", \"page_size\": 10, \"total_path\": \"$.totalNum\"}}')",
+                lit(&url)
+            ),
+        );
+        assert_eq!(ids, one_to(57));
+        assert_eq!(requests, 6, "pages of 10 up to totalNum 57");
+    }
+
+    #[test]
+    fn github_link_header() {
+        let url = api().url("/t-gh/github/users");
+        let (ids, requests) = ids_and_requests(
+            "/t-gh/github/users",
+            &format!("api_fetch({}, paging => '{{\"type\": \"link_header\", \"size_param\": \"per_page\", \"page_size\": 25}}')", lit(&url)),
+        );
+        assert_eq!(ids, one_to(57));
+        assert_eq!(requests, 3);
+    }
+
+    #[test]
+    fn stripe_cursor_with_bearer_auth_and_has_more() {
+        let url = api().url("/t-stripe/stripe/customers");
+        let (ids, requests) = ids_and_requests(
+            "/t-stripe/stripe/customers",
+            &format!(
+                "api_fetch({}, path => '$.data',
+                           options => '{{\"auth\": {{\"type\": \"bearer\", \"token\": \"sk_test_4eC39HqLyjWDarjtT1zdp7dc\"}}}}',
+                           paging => '{{\"type\": \"cursor\", \"cursor_path\": \"$.data[-1].id\", \"cursor_param\": \"starting_after\", \"has_more_path\": \"$.has_more\", \"size_param\": \"limit\", \"page_size\": 20}}')",
+                lit(&url)
+            ),
+        );
+        assert_eq!(ids, one_to(57));
+        assert_eq!(requests, 3);
+    }
+
+    #[test]
+    fn django_rest_framework_next_url() {
+        let url = api().url("/t-drf/drf/users");
+        let (ids, requests) = ids_and_requests(
+            "/t-drf/drf/users",
+            &format!("api_fetch({}, path => '$.results', paging => '{{\"type\": \"next_url\", \"next_path\": \"$.next\"}}')", lit(&url)),
+        );
+        assert_eq!(ids, one_to(57));
+        assert_eq!(requests, 6);
+    }
+
+    #[test]
+    fn offset_with_total_and_short_page() {
+        let url = api().url("/t-offset/offset/users");
+        let (ids, requests) = ids_and_requests(
+            "/t-offset/offset/users",
+            &format!("api_fetch({}, path => '$.items', paging => '{{\"type\": \"offset\", \"offset_param\": \"offset\", \"size_param\": \"limit\", \"page_size\": 20}}')", lit(&url)),
+        );
+        assert_eq!(ids, one_to(57));
+        assert_eq!(requests, 3, "the third page is short");
+    }
+
+    #[test]
+    fn offset_without_a_size_stops_at_the_empty_page() {
+        let url = api().url("/t-empty/offset/users");
+        let (ids, requests) = ids_and_requests(
+            "/t-empty/offset/users",
+            &format!("api_fetch({}, path => '$.items', paging => '{{\"type\": \"offset\", \"offset_param\": \"offset\"}}')", lit(&url)),
+        );
+        assert_eq!(ids, one_to(57));
+        assert_eq!(requests, 7, "six pages of rows, then the empty one");
+    }
+
+    #[test]
+    fn total_pages_and_concurrency_keep_page_order() {
+        let url = api().url("/t-conc/slowpages?pages=6&size=5&ms=50");
+        let ids = text(&format!(
+            "SELECT string_agg(r->>'id', ',') FROM api_fetch({}, path => '$.data',
+                 paging => '{{\"type\": \"page_number\", \"page_param\": \"page\", \"total_pages_path\": \"$.total_pages\", \"concurrency\": 4}}') r",
+            lit(&url)
+        ));
+        let expected: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+        assert_eq!(ids, expected.join(","));
+        assert_eq!(api().requests_to("/t-conc/slowpages"), 6);
+    }
+
+    #[test]
+    fn a_repeated_cursor_or_next_url_does_not_loop() {
+        let cursor = api().url("/t-loop1/endless/cursor");
+        let rows = text(&format!(
+            "SELECT count(*)::text FROM api_fetch({}, path => '$.data', paging => '{{\"type\": \"cursor\", \"cursor_path\": \"$.cursor\", \"cursor_param\": \"after\", \"has_more_path\": \"$.has_more\"}}')",
+            lit(&cursor)
+        ));
+        assert_eq!(rows, "6");
+        assert_eq!(api().requests_to("/t-loop1/endless/cursor"), 2);
+        let next = api().url("/endless/next?page=1");
+        let rows = text(&format!(
+            "SELECT count(*)::text FROM api_fetch({}, path => '$.data', paging => '{{\"type\": \"next_url\", \"next_path\": \"$.next\"}}')",
+            lit(&next)
+        ));
+        assert_eq!(rows, "3", "the next URL is the page itself");
+    }
+
+    #[test]
+    fn max_pages_cuts_with_a_warning() {
+        let (mut client, notices) = harness::connect_collecting();
+        let url = api().url("/t-cut/endless/pages");
+        let rows: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM api_fetch({}, path => '$.data', paging => '{{\"type\": \"page_number\", \"page_param\": \"page\", \"max_pages\": 4}}')",
+                    lit(&url)
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 12);
+        assert_eq!(api().requests_to("/t-cut/endless/pages"), 4);
+        let notices = notices.lock().unwrap().clone();
+        assert_eq!(
+            notices,
+            ["WARNING: api_fetch stopped after 4 pages (max_pages): the data was cut"]
+        );
+        client.batch_execute("SET apisync.max_pages = 2").unwrap();
+        let rows: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM api_fetch({}, path => '$.data', paging => '{{\"type\": \"page_number\", \"page_param\": \"page\"}}')", lit(&url)),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 6);
+    }
+
+    /// In the select list the executor pulls rows one by one, so LIMIT stops the paging. (In FROM,
+    /// PostgreSQL materializes a set-returning function before LIMIT applies.)
+    #[test]
+    fn limit_in_the_select_list_stops_requesting_pages() {
+        let url = api().url("/t-limit/endless/pages");
+        let rows = text(&format!(
+            "SELECT count(*)::text FROM (SELECT api_fetch({}, path => '$.data', paging => '{{\"type\": \"page_number\", \"page_param\": \"page\", \"max_pages\": 1000}}') LIMIT 5) s",
+            lit(&url)
+        ));
+        assert_eq!(rows, "5");
+        let requests = api().requests_to("/t-limit/endless/pages");
+        assert!(requests <= 5, "{requests} pages requested for 5 rows");
+    }
+}
+
+mod retries {
+    use super::*;
+
+    const FAST: &str = "\"retry_backoff_ms\": 10";
+
+    #[test]
+    fn retryable_statuses_are_retried_and_counted() {
+        let url = api().url("/flaky/r1?fail=2");
+        let attempt = text(&format!("SELECT (r->>'attempt') FROM api_fetch({}, path => '$.data', options => '{{{FAST}}}') r", lit(&url)));
+        assert_eq!(attempt, "3");
+        let url = api().url("/flaky/r2?fail=9&status=429");
+        let (code, message, _) = fails(&format!(
+            "SELECT * FROM api_fetch({}, options => '{{\"retries\": 2, {FAST}}}')",
+            lit(&url)
+        ));
+        assert_eq!(code, "38000");
+        assert!(
+            message.starts_with("HTTP 429 Too Many Requests from")
+                && message.ends_with("(tried 3 times)"),
+            "{message}"
+        );
+        assert_eq!(api().requests_to("/flaky/r2"), 3);
+    }
+
+    #[test]
+    fn other_client_errors_are_never_retried() {
+        let url = api().url("/t-once/status/404");
+        let (code, _, _) = fails(&format!(
+            "SELECT * FROM api_fetch({}, options => '{{{FAST}}}')",
+            lit(&url)
+        ));
+        assert_eq!(code, "38000");
+        assert_eq!(api().requests_to("/t-once/status/404"), 1);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let started = Instant::now();
+        let url = api().url("/flaky/r3?fail=1&retry_after=1");
+        assert_eq!(text(&format!("SELECT r->>'attempt' FROM api_fetch({}, path => '$.data', options => '{{{FAST}}}') r", lit(&url))), "2");
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "waited {:?}",
+            started.elapsed()
+        );
+
+        let url = api().url("/flaky/r4?fail=1&retry_after_date=2");
+        assert_eq!(text(&format!("SELECT r->>'attempt' FROM api_fetch({}, path => '$.data', options => '{{{FAST}}}') r", lit(&url))), "2");
+
+        let started = Instant::now();
+        let url = api().url("/flaky/r5?fail=1&retry_after=30");
+        let got = text(&format!(
+            "SELECT r->>'attempt' FROM api_fetch({}, path => '$.data', options => '{{{FAST}, \"max_retry_wait_ms\": 100}}') r",
+            lit(&url)
+        ));
+        assert_eq!(got, "2");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the 30 s Retry-After was capped"
+        );
+    }
+
+    #[test]
+    fn cancel_works_while_waiting_to_retry() {
+        let mut client = connect();
+        client
+            .batch_execute("SET statement_timeout = '300ms'")
+            .unwrap();
+        let url = api().url("/flaky/r6?fail=1&retry_after=60");
+        let started = Instant::now();
+        let (code, _, _) =
+            sql_error(client.batch_execute(&format!("SELECT * FROM api_fetch({})", lit(&url))));
+        assert_eq!(code, "57014");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn refused_connections_are_retried() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let (code, _, detail) = fails(&format!(
+            "SELECT * FROM api_request('http://127.0.0.1:{port}/x', options => '{{\"retries\": 2, {FAST}}}')"
+        ));
+        assert_eq!(code, "08001");
+        assert_eq!(detail, "tried 3 times");
+    }
+
+    #[test]
+    fn rate_limit_spaces_requests() {
+        let url = api().url("/t-rate/slowpages?pages=5&size=1&ms=0");
+        let started = Instant::now();
+        let rows = text(&format!(
+            "SELECT count(*)::text FROM api_fetch({}, path => '$.data', options => '{{\"rate_limit\": 10}}',
+                 paging => '{{\"type\": \"page_number\", \"page_param\": \"page\", \"total_pages_path\": \"$.total_pages\"}}')",
+            lit(&url)
+        ));
+        assert_eq!(rows, "5");
+        assert!(
+            started.elapsed() >= Duration::from_millis(390),
+            "5 requests at 10/s took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+mod auth {
+    use super::*;
+
+    fn ok(path: &str, auth: &str) -> String {
+        text(&format!(
+            "SELECT r->>'auth' FROM api_fetch({}, path => '$.data', options => '{{\"auth\": {auth}}}') r",
+            lit(&api().url(path))
+        ))
+    }
+
+    #[test]
+    fn bearer_basic_and_api_keys() {
+        assert_eq!(
+            ok(
+                "/auth/bearer",
+                r#"{"type": "bearer", "token": "tok-secret"}"#
+            ),
+            "bearer"
+        );
+        assert_eq!(
+            ok(
+                "/auth/basic",
+                r#"{"type": "basic", "username": "ann", "password": "pw-secret"}"#
+            ),
+            "basic"
+        );
+        assert_eq!(
+            ok(
+                "/auth/key",
+                r#"{"type": "api_key", "name": "X-Api-Key", "value": "k-secret"}"#
+            ),
+            "key"
+        );
+        assert_eq!(
+            ok(
+                "/auth/key",
+                r#"{"type": "api_key", "name": "api_key", "in": "query", "value": "k-secret"}"#
+            ),
+            "key"
+        );
+        let (code, message, _) = fails(&format!(
+            "SELECT * FROM api_fetch({}, options => '{{\"auth\": {{\"type\": \"bearer\", \"token\": \"wrong\"}}}}')",
+            lit(&api().url("/auth/bearer"))
+        ));
+        assert_eq!(code, "38000");
+        assert!(message.starts_with("HTTP 401 Unauthorized"), "{message}");
+    }
+
+    #[test]
+    fn secrets_belong_to_their_role_and_never_show() {
+        let mut owner = connect_as("api_user");
+        owner
+            .execute("SELECT apisync.create_secret('gh', $1)", &[&"tok-secret"])
+            .unwrap();
+        let url = lit(&api().url("/auth/bearer"));
+        let got: String = owner
+            .query_one(&format!("SELECT r->>'auth' FROM api_fetch({url}, path => '$.data', options => '{{\"auth\": {{\"type\": \"bearer\", \"secret\": \"gh\"}}}}') r"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(got, "bearer");
+
+        // The server reflects what it got into its error body: the error shows *** instead.
+        let reflect = lit(&api().url("/auth/reflect"));
+        let (code, message, detail) = sql_error(owner.batch_execute(&format!(
+            "SELECT * FROM api_fetch({reflect}, options => '{{\"auth\": {{\"type\": \"bearer\", \"secret\": \"gh\"}}}}')"
+        )));
+        assert_eq!(code, "38000");
+        assert!(
+            !message.contains("tok-secret") && !detail.contains("tok-secret"),
+            "{message} / {detail}"
+        );
+        assert!(detail.contains("Bearer ***"), "{detail}");
+
+        // Another role neither sees nor uses it; a superuser sees it.
+        let mut other = connect_as("other_user");
+        let visible: i64 = other
+            .query_one("SELECT count(*) FROM apisync.secrets", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(visible, 0);
+        let (code, message, _) = sql_error(other.batch_execute(&format!(
+            "SELECT * FROM api_fetch({url}, options => '{{\"auth\": {{\"type\": \"bearer\", \"secret\": \"gh\"}}}}')"
+        )));
+        assert_eq!(code, "42704", "{message}");
+        assert_eq!(message, "secret \"gh\" does not exist");
+        let all: i64 = connect()
+            .query_one(
+                "SELECT count(*) FROM apisync.secrets WHERE name = 'gh'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(all, 1);
+        let (code, _, _) = sql_error(other.batch_execute("SELECT apisync.drop_secret('gh')"));
+        assert_eq!(code, "42704");
+        owner
+            .batch_execute("SELECT apisync.drop_secret('gh')")
+            .unwrap();
+    }
+
+    #[test]
+    fn oauth2_client_credentials_cache_and_refresh() {
+        let mut client = connect();
+        client
+            .execute("SELECT apisync.create_secret('oauth', $1)", &[&"c-secret"])
+            .unwrap();
+        let call = format!(
+            "SELECT r->>'token' FROM api_fetch({}, path => '$.data', options => '{{\"auth\": {{\"type\": \"oauth2_client_credentials\", \"token_url\": {}, \"client_id\": \"client\", \"secret\": \"oauth\", \"scope\": \"read\"}}}}') r",
+            lit(&api().url("/oauth/data")),
+            serde_json::to_string(&api().url("/oauth/token")).unwrap().replace('\'', "''")
+        );
+        let first: String = client.query_one(&call, &[]).unwrap().get(0);
+        let second: String = client.query_one(&call, &[]).unwrap().get(0);
+        assert_eq!(first, second, "the token is cached");
+        assert_eq!(api().requests_to("/oauth/token"), 1);
+        connect()
+            .batch_execute(&format!(
+                "SELECT * FROM api_request({})",
+                lit(&api().url("/oauth/revoke"))
+            ))
+            .unwrap();
+        let third: String = client.query_one(&call, &[]).unwrap().get(0);
+        assert_ne!(third, second, "a 401 fetches a new token once");
+        assert_eq!(api().requests_to("/oauth/token"), 2);
+    }
+}
+
+mod policy {
+    use super::*;
+
+    #[test]
+    fn metadata_addresses_are_denied_by_default_in_every_form() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://2852039166/",
+            "http://0.0.0.0:80/",
+        ] {
+            let started = Instant::now();
+            let (code, message, _) = fails(&format!("SELECT * FROM api_request({})", lit(url)));
+            assert_eq!(code, "42501", "{url}");
+            assert!(
+                message.contains("apisync.denied_networks"),
+                "{url}: {message}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{url} failed at once"
+            );
+        }
+    }
+
+    #[test]
+    fn denied_networks_apply_to_literals_and_resolved_names() {
+        let mut client = connect();
+        client
+            .batch_execute("SET apisync.denied_networks = '127.0.0.0/8, ::1/128'")
+            .unwrap();
+        let (code, message, _) = sql_error(client.batch_execute(&format!(
+            "SELECT * FROM api_request({})",
+            lit(&api().url("/echo"))
+        )));
+        assert_eq!(code, "42501");
+        assert!(
+            message.contains("address 127.0.0.1 is in 127.0.0.0/8"),
+            "{message}"
+        );
+        let by_name = api().url("/echo").replace("127.0.0.1", "localhost");
+        let (code, message, _) = sql_error(
+            client.batch_execute(&format!("SELECT * FROM api_request({})", lit(&by_name))),
+        );
+        assert_eq!(code, "42501");
+        assert!(
+            message.contains("host \"localhost\" resolves to address"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_apply_to_every_redirect_hop() {
+        let mut client = connect();
+        client
+            .batch_execute("SET apisync.allowed_hosts = '127.0.0.1'")
+            .unwrap();
+        let status: i32 = client
+            .query_one(
+                &format!(
+                    "SELECT status FROM api_request({})",
+                    lit(&api().url("/echo"))
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(status, 200);
+        let elsewhere = api().url("/t-hop/echo").replace("127.0.0.1", "localhost");
+        let hop = api().url(&format!("/redirect-to?url={elsewhere}"));
+        let (code, message, _) =
+            sql_error(client.batch_execute(&format!("SELECT * FROM api_request({})", lit(&hop))));
+        assert_eq!(code, "42501");
+        assert!(
+            message.contains("host \"localhost\" is not in apisync.allowed_hosts"),
+            "{message}"
+        );
+        assert_eq!(
+            api().requests_to("/t-hop/echo"),
+            0,
+            "the hop was never sent"
+        );
+    }
+
+    #[test]
+    fn only_superusers_set_the_policy() {
+        for setting in [
+            "apisync.allowed_hosts = '*'",
+            "apisync.denied_networks = ''",
+        ] {
+            let (code, _, _) =
+                sql_error(connect_as("api_user").batch_execute(&format!("SET {setting}")));
+            assert_eq!(code, "42501", "{setting}");
+        }
     }
 }

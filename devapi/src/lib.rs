@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod data;
+mod shapes;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -37,6 +38,9 @@ struct State {
     by_path: Mutex<HashMap<String, u64>>,
     /// Generated `/rows` pages, by (offset, count): generating must not be what a benchmark measures.
     pages: Mutex<HashMap<(u64, u64), Bytes>>,
+    /// Requests seen per `/flaky/{key}`.
+    flaky: Mutex<HashMap<String, u64>>,
+    oauth: Mutex<shapes::Tokens>,
 }
 
 /// A running server on 127.0.0.1; stops when dropped.
@@ -154,9 +158,40 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(default)
     };
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // A first segment "t-…" only tags a test's requests (see `requests_to`); routing ignores it.
+    let mut segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.len() > 1 && segments[0].starts_with("t-") {
+        segments.remove(0);
+    }
+    let headers = request.headers().clone();
     match segments.as_slice() {
         ["api", "users"] => users(request, &query).await,
+        ["github", "users"] => shapes::github(&path, &headers, &query),
+        ["stripe", "customers"] => shapes::stripe(&headers, &query),
+        ["drf", "users"] => shapes::drf(&path, &headers, &query),
+        ["offset", "users"] => shapes::offset(&query),
+        ["endless", kind] => shapes::endless(kind, &headers, &query),
+        ["slowpages"] => shapes::slow_pages(&query).await,
+        ["flaky", key] => shapes::flaky(state, key, &query),
+        ["auth", "reflect"] => json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "rejected", "received": headers.get("authorization").and_then(|v| v.to_str().ok())}),
+        ),
+        ["auth", kind] => shapes::auth(kind, &headers, &query),
+        ["oauth", action] => {
+            let action = action.to_string();
+            let body = read_body(request).await;
+            shapes::oauth(state, &action, &headers, &String::from_utf8_lossy(&body))
+        }
+        ["redirect-to"] => {
+            let mut response = empty(StatusCode::FOUND);
+            let target = query.get("url").cloned().unwrap_or_default();
+            response.headers_mut().insert(
+                LOCATION,
+                HeaderValue::from_str(&target).unwrap_or(HeaderValue::from_static("/")),
+            );
+            response
+        }
         ["echo"] => echo(request, &query).await,
         ["status", code] => {
             let code = code
@@ -390,7 +425,7 @@ fn padded_json(bytes: usize) -> Vec<u8> {
     body
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     bytes_response(
         status,
         "application/json",

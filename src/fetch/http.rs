@@ -234,6 +234,7 @@ fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
             SqlState::UnableToConnect,
             format!("could not connect to {url}: {reason}"),
         )
+        .transient()
     } else if redirect {
         Error::new(
             SqlState::ConnectionFailure,

@@ -288,12 +288,14 @@ async fn fetch_page(
 pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<Value>> {
     let url = spec.display_url();
     if !(200..300).contains(&response.status) {
+        let tries = match response.attempts {
+            0 | 1 => String::new(),
+            n => format!(" (tried {n} times)"),
+        };
+        let status = format!("{} {}", response.status, response.reason);
         return Err(Error::new(
             SqlState::ExternalRoutineException,
-            format!(
-                "HTTP {} from {url}",
-                format!("{} {}", response.status, response.reason).trim_end()
-            ),
+            format!("HTTP {} from {url}{tries}", status.trim_end()),
         )
         .with_detail(format!("response body: {}", response.body_snippet()))
         .redact(&spec.secrets));

@@ -14,12 +14,15 @@ use crate::error::Error;
 pub fn lookup(names: &[String]) -> HashMap<String, String> {
     let mut found = HashMap::new();
     for name in names {
-        let value = Spi::get_one_with_args::<String>(
+        let value = match Spi::get_one_with_args::<String>(
             "SELECT value FROM apisync.secrets WHERE owner = current_user::regrole::oid AND name = $1",
             &[name.as_str().into()],
-        )
-        .map_err(|e| Error::internal(format!("could not read secret \"{name}\": {e}")))
-        .or_raise();
+        ) {
+            Ok(value) => value,
+            // No row: not this role's secret.
+            Err(pgrx::spi::Error::InvalidPosition) => None,
+            Err(e) => Err(Error::internal(format!("could not read secret \"{name}\": {e}"))).or_raise(),
+        };
         if let Some(value) = value {
             found.insert(name.clone(), value);
         }
@@ -65,6 +68,5 @@ BEGIN
 END
 $$;
 "#,
-    name = "secrets",
-    bootstrap
+    name = "secrets"
 );
