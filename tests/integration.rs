@@ -538,14 +538,14 @@ mod cancel {
     }
 }
 
-/// The ids of every row, in order, and how many requests the tagged path saw.
-fn ids_and_requests(tag: &str, call: &str) -> (String, u64) {
+/// All 57 demo users come out of `api_fetch(<path>, <args>)`, in order, in `requests` requests
+/// to `path` (tagged with a "t-…" segment so that no other test counts there).
+fn assert_all_users(path: &str, args: &str, requests: u64) {
+    let call = format!("api_fetch({}, {args})", lit(&api().url(path)));
     let ids = text(&format!("SELECT string_agg(r->>'id', ',') FROM {call} r"));
-    (ids, api().requests_to(tag))
-}
-
-fn one_to(n: u64) -> String {
-    (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    let expected: Vec<String> = (1..=57).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected.join(","), "{path}");
+    assert_eq!(api().requests_to(path), requests, "{path}");
 }
 
 mod paging {
@@ -553,77 +553,59 @@ mod paging {
 
     #[test]
     fn finedatalink_page_numbers_in_the_body() {
-        let url = api().url("/t-fdl/api/users");
-        let (ids, requests) = ids_and_requests(
+        assert_all_users(
             "/t-fdl/api/users",
-            &format!(
-                "api_fetch({}, 'POST', '{{\"paging\": {{\"pageSize\": 1, \"pageNum\": 1}}, \"params\": [{{\"name\": \"name\", \"value\": \"\"}}]}}', '$.data',
-                           paging => '{{\"type\": \"page_number\", \"in\": \"body\", \"page_param\": \"paging.pageNum\", \"size_param\": \"paging.pageSize\", \"page_size\": 10, \"total_path\": \"$.totalNum\"}}')",
-                lit(&url)
-            ),
+            r#"'POST', '{"paging": {"pageSize": 1, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}', '$.data',
+               paging => '{"type": "page_number", "in": "body", "page_param": "paging.pageNum", "size_param": "paging.pageSize", "page_size": 10, "total_path": "$.totalNum"}'"#,
+            6,
         );
-        assert_eq!(ids, one_to(57));
-        assert_eq!(requests, 6, "pages of 10 up to totalNum 57");
     }
 
     #[test]
     fn github_link_header() {
-        let url = api().url("/t-gh/github/users");
-        let (ids, requests) = ids_and_requests(
+        assert_all_users(
             "/t-gh/github/users",
-            &format!("api_fetch({}, paging => '{{\"type\": \"link_header\", \"size_param\": \"per_page\", \"page_size\": 25}}')", lit(&url)),
+            r#"paging => '{"type": "link_header", "size_param": "per_page", "page_size": 25}'"#,
+            3,
         );
-        assert_eq!(ids, one_to(57));
-        assert_eq!(requests, 3);
     }
 
     #[test]
     fn stripe_cursor_with_bearer_auth_and_has_more() {
-        let url = api().url("/t-stripe/stripe/customers");
-        let (ids, requests) = ids_and_requests(
+        assert_all_users(
             "/t-stripe/stripe/customers",
-            &format!(
-                "api_fetch({}, path => '$.data',
-                           options => '{{\"auth\": {{\"type\": \"bearer\", \"token\": \"sk_test_4eC39HqLyjWDarjtT1zdp7dc\"}}}}',
-                           paging => '{{\"type\": \"cursor\", \"cursor_path\": \"$.data[-1].id\", \"cursor_param\": \"starting_after\", \"has_more_path\": \"$.has_more\", \"size_param\": \"limit\", \"page_size\": 20}}')",
-                lit(&url)
-            ),
+            r#"path => '$.data', options => '{"auth": {"type": "bearer", "token": "sk_test_4eC39HqLyjWDarjtT1zdp7dc"}}',
+               paging => '{"type": "cursor", "cursor_path": "$.data[-1].id", "cursor_param": "starting_after", "has_more_path": "$.has_more", "size_param": "limit", "page_size": 20}'"#,
+            3,
         );
-        assert_eq!(ids, one_to(57));
-        assert_eq!(requests, 3);
     }
 
     #[test]
     fn django_rest_framework_next_url() {
-        let url = api().url("/t-drf/drf/users");
-        let (ids, requests) = ids_and_requests(
+        assert_all_users(
             "/t-drf/drf/users",
-            &format!("api_fetch({}, path => '$.results', paging => '{{\"type\": \"next_url\", \"next_path\": \"$.next\"}}')", lit(&url)),
+            r#"path => '$.results', paging => '{"type": "next_url", "next_path": "$.next"}'"#,
+            6,
         );
-        assert_eq!(ids, one_to(57));
-        assert_eq!(requests, 6);
     }
 
     #[test]
     fn offset_with_total_and_short_page() {
-        let url = api().url("/t-offset/offset/users");
-        let (ids, requests) = ids_and_requests(
+        assert_all_users(
             "/t-offset/offset/users",
-            &format!("api_fetch({}, path => '$.items', paging => '{{\"type\": \"offset\", \"offset_param\": \"offset\", \"size_param\": \"limit\", \"page_size\": 20}}')", lit(&url)),
+            r#"path => '$.items', paging => '{"type": "offset", "offset_param": "offset", "size_param": "limit", "page_size": 20}'"#,
+            3,
         );
-        assert_eq!(ids, one_to(57));
-        assert_eq!(requests, 3, "the third page is short");
     }
 
     #[test]
     fn offset_without_a_size_stops_at_the_empty_page() {
-        let url = api().url("/t-empty/offset/users");
-        let (ids, requests) = ids_and_requests(
+        // Six pages of rows, then the empty one.
+        assert_all_users(
             "/t-empty/offset/users",
-            &format!("api_fetch({}, path => '$.items', paging => '{{\"type\": \"offset\", \"offset_param\": \"offset\"}}')", lit(&url)),
+            r#"path => '$.items', paging => '{"type": "offset", "offset_param": "offset"}'"#,
+            7,
         );
-        assert_eq!(ids, one_to(57));
-        assert_eq!(requests, 7, "six pages of rows, then the empty one");
     }
 
     #[test]
