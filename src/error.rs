@@ -131,8 +131,11 @@ impl Error {
 
     /// Replaces every occurrence of each secret by `***` in all the text of the error.
     pub fn redact(mut self, secrets: &[String]) -> Self {
+        // Longest first: a secret inside another ("x" in "Bearer x") must not break its match.
+        let mut ordered: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+        ordered.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let scrub = |text: &mut String| {
-            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            for secret in &ordered {
                 if text.contains(secret.as_str()) {
                     *text = text.replace(secret.as_str(), "***");
                 }

@@ -190,8 +190,13 @@ impl RequestSpec {
 }
 
 /// Parses the arguments of `api_request`; `api_fetch` adds its own on top (see `FetchSpec::parse`).
+/// `api_request` returns what the server said, so it retries only when `options.retries` asks.
 pub fn parse_request(args: RequestArgs<'_>, limits: &Limits) -> Result<RequestSpec> {
-    Ok(parse_common(args, limits)?.0)
+    let (mut spec, options) = parse_common(args, limits)?;
+    if options.retries.is_none() {
+        spec.retry.retries = 0;
+    }
+    Ok(spec)
 }
 
 impl FetchSpec {
@@ -274,7 +279,7 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
     let method = parse_method(args.method.unwrap_or("GET"))?;
     let mut url = parse_url(args.url)?;
     let mut secrets = Vec::new();
-    let mut headers = parse_headers(args.headers)?;
+    let mut headers = parse_headers(args.headers, &mut secrets)?;
 
     if let Some(query) = &options.query {
         let mut pairs = url.query_pairs_mut();
@@ -409,7 +414,16 @@ fn parse_url(url: Option<&str>) -> Result<Url> {
     Ok(parsed)
 }
 
-fn parse_headers(headers: Option<Value>) -> Result<HeaderMap> {
+/// Headers whose values are credentials: kept out of errors like auth values.
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+];
+
+fn parse_headers(headers: Option<Value>, secrets: &mut Vec<String>) -> Result<HeaderMap> {
     let mut map = HeaderMap::new();
     let object = match headers {
         None | Some(Value::Null) => return Ok(map),
@@ -441,8 +455,17 @@ fn parse_headers(headers: Option<Value>) -> Result<HeaderMap> {
                 "header \"{name}\" is set by the HTTP client and cannot be given"
             )));
         }
-        let value = HeaderValue::from_str(&text)
+        let mut value = HeaderValue::from_str(&text)
             .map_err(|_| Error::invalid(format!("invalid value for header \"{name}\"")))?;
+        if CREDENTIAL_HEADERS.contains(&header.as_str()) {
+            value.set_sensitive(true);
+            // The credential after a scheme ("Bearer x") may be echoed alone.
+            secrets.extend(
+                text.split_once(' ')
+                    .map(|(_, credential)| credential.trim().to_string()),
+            );
+            secrets.push(text);
+        }
         map.append(header, value);
     }
     Ok(map)
@@ -898,6 +921,11 @@ mod tests {
         let spec = parse(json!({"X-A": "b", "User-Agent": "mine"})).unwrap();
         assert_eq!(spec.headers["x-a"], "b");
         assert_eq!(spec.headers["user-agent"], "mine");
+        assert!(spec.secrets.is_empty());
+        let spec = parse(json!({"Authorization": "Token abc123"})).unwrap();
+        assert!(spec.headers["authorization"].is_sensitive());
+        let err = Error::invalid("got Token abc123, then abc123").redact(&spec.secrets);
+        assert_eq!(err.message, "got ***, then ***");
     }
 
     #[test]
