@@ -18,8 +18,12 @@ pub enum SqlState {
     DatatypeMismatch,
     /// 42501: the network policy refuses a host or address.
     InsufficientPrivilege,
-    /// 42704: a secret that does not exist (for this role).
+    /// 42704: a secret or job that does not exist (for this role).
     UndefinedObject,
+    /// 25000: run_job inside a REPEATABLE READ or SERIALIZABLE transaction.
+    InvalidTransactionState,
+    /// 53400: no background worker slot for a run.
+    ConfigurationLimitExceeded,
     /// 0A000: recognised, but not built yet.
     FeatureNotSupported,
     /// 08001: no connection could be made (refused, DNS, TLS).
@@ -51,6 +55,8 @@ impl SqlState {
             SqlState::DatatypeMismatch => "42804",
             SqlState::InsufficientPrivilege => "42501",
             SqlState::UndefinedObject => "42704",
+            SqlState::InvalidTransactionState => "25000",
+            SqlState::ConfigurationLimitExceeded => "53400",
             SqlState::FeatureNotSupported => "0A000",
             SqlState::UnableToConnect => "08001",
             SqlState::ConnectionFailure => "08006",

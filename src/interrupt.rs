@@ -24,7 +24,7 @@ pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
             tokio::select! {
                 biased;
                 output = &mut future => return Some(output),
-                _ = tick.tick() => if interrupt_pending() { return None },
+                _ = tick.tick() => if pending() { return None },
             }
         }
     });
@@ -38,7 +38,23 @@ pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
     }
 }
 
-fn interrupt_pending() -> bool {
+/// Sleeps on the process latch for at most `timeout` (woken early by signals, such as a
+/// background worker's state change).
+pub fn sleep_on_latch(timeout: std::time::Duration) {
+    // SAFETY: the backend's own latch, on the backend thread.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// A cancel or termination is waiting to be processed.
+pub fn pending() -> bool {
     // SAFETY: plain reads of sig_atomic_t flags that signal handlers set; block_on polls this
     // future on the calling (backend) thread.
     unsafe {

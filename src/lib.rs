@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod interrupt;
+pub mod jobs;
 pub mod settings;
 pub mod spec;
 pub mod sql;

@@ -22,6 +22,7 @@ pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
 pub static USER_AGENT: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_USER_AGENT));
+pub static ENABLE_SUPERUSER_JOBS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_PAGES: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"*"));
@@ -81,6 +82,14 @@ pub fn init() {
         c"Networks requests may never reach, as CIDR, comma-separated.",
         c"Checked on the addresses actually connected to, after DNS, and on every redirect hop.",
         &DENIED_NETWORKS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"apisync.enable_superuser_jobs",
+        c"Whether jobs owned by a superuser may run.",
+        c"As pg_cron's cron.enable_superuser_jobs.",
+        &ENABLE_SUPERUSER_JOBS,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -39,6 +39,7 @@ pub fn cluster() -> &'static Cluster {
                  CREATE ROLE api_user LOGIN;
                  CREATE ROLE plain_user LOGIN;
                  CREATE ROLE other_user LOGIN;
+                 GRANT CREATE ON SCHEMA public TO api_user, other_user;
                  GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO other_user;
                  GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO api_user;
                  GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO api_user;",
@@ -88,9 +89,12 @@ impl Cluster {
              unix_socket_directories = '{}'\n\
              shared_preload_libraries = 'pg_apisync,pg_cron'\n\
              cron.database_name = 'postgres'\n\
+             cron.host = '{}'\n\
              fsync = off\n\
              synchronous_commit = off\n\
-             max_connections = 50\n",
+             max_connections = 50\n\
+             max_worker_processes = 16\n",
+            dir.display(),
             dir.display()
         );
         append(&dir.join("postgresql.conf"), &conf);

@@ -131,11 +131,18 @@ pub fn endless(kind: &str, headers: &HeaderMap, query: &Query) -> Response<Body>
     }
 }
 
-/// Pages that each take `ms` to answer: `{"data": [...], "total_pages"}`, for concurrency.
+/// Pages that each take `ms` to answer: `{"data": [...], "total_pages"}`, for concurrency; page
+/// `fail_page` answers 500.
 pub async fn slow_pages(query: &Query) -> Response<Body> {
     let page = number(query, "page", 1);
     let size = number(query, "size", 10);
     tokio::time::sleep(Duration::from_millis(number(query, "ms", 100))).await;
+    if query.get("fail_page").and_then(|p| p.parse::<u64>().ok()) == Some(page) {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": "page failed"}),
+        );
+    }
     let rows: Vec<Value> = (0..size)
         .map(|i| json!({"id": (page - 1) * size + i, "page": page}))
         .collect();

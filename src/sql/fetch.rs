@@ -1,6 +1,7 @@
 //! `api_fetch`: rows from an API as a set (DESIGN.md §2.1). Pages stream from the fetch task over
 //! a bounded channel; each row becomes a Datum only when the executor asks for it.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use pgrx::prelude::*;
@@ -10,9 +11,58 @@ use tokio::runtime::Runtime;
 
 use super::rows::RowMaker;
 use super::{request_args, OrRaise};
-use crate::fetch::{Event, Http, PageStream};
+use crate::fetch::{Event, Http, Page, PageStream};
 use crate::spec::FetchSpec;
 use crate::{interrupt, settings};
+
+/// What the fetches of a job run cost, counted while a run worker tracks them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FetchStats {
+    pub requests: u64,
+    pub pages: u64,
+    pub bytes: u64,
+    pub rows: u64,
+}
+
+thread_local! {
+    /// The run being tracked (its id) and its counts so far.
+    static TRACKED: RefCell<Option<(i64, FetchStats)>> = const { RefCell::new(None) };
+}
+
+/// Counts the fetches of this process from now on for run `run_id`, reporting progress in
+/// pg_stat_activity.
+pub fn track_run(run_id: i64) {
+    TRACKED.with(|t| *t.borrow_mut() = Some((run_id, FetchStats::default())));
+}
+
+/// The counts of the tracked run.
+pub fn tracked() -> FetchStats {
+    TRACKED.with(|t| t.borrow().map(|(_, stats)| stats).unwrap_or_default())
+}
+
+fn count_page(page: &Page) {
+    TRACKED.with(|t| {
+        if let Some((run_id, stats)) = t.borrow_mut().as_mut() {
+            stats.pages += 1;
+            stats.requests += u64::from(page.requests);
+            stats.bytes += page.bytes as u64;
+            stats.rows += page.rows.len() as u64;
+            let progress = format!(
+                "apisync run {run_id}: {} pages, {} rows, {} bytes so far",
+                stats.pages, stats.rows, stats.bytes
+            );
+            if let Ok(text) = std::ffi::CString::new(progress) {
+                // SAFETY: reports this backend's activity, on the backend thread.
+                unsafe {
+                    pg_sys::pgstat_report_activity(
+                        pg_sys::BackendState::STATE_RUNNING,
+                        text.as_ptr(),
+                    )
+                };
+            }
+        }
+    });
+}
 
 /// The position of `row_type` among the arguments: its type is the type of the rows.
 const ROW_TYPE_ARG: usize = 7;
@@ -87,7 +137,10 @@ impl Iterator for Rows {
             }
             match interrupt::wait(self.runtime, self.stream.next()).or_raise() {
                 Some(event) => match event.or_raise() {
-                    Event::Page(page) => self.page = page.rows.into_iter(),
+                    Event::Page(page) => {
+                        count_page(&page);
+                        self.page = page.rows.into_iter();
+                    }
                     Event::Cut { max_pages } => pgrx::ereport!(
                         PgLogLevel::WARNING,
                         PgSqlErrorCode::ERRCODE_WARNING,

@@ -1,10 +1,10 @@
 //! The SQL face: thin `#[pg_extern]` functions over the Postgres-free core, and the one mapping
 //! from `Error` to a Postgres ERROR.
 
-mod fetch;
+pub(crate) mod fetch;
 mod request;
-mod rows;
-mod secrets;
+pub(crate) mod rows;
+pub(crate) mod secrets;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
@@ -81,6 +81,8 @@ fn sqlstate(state: SqlState) -> PgSqlErrorCode {
         SqlState::DatatypeMismatch => ERRCODE_DATATYPE_MISMATCH,
         SqlState::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
         SqlState::UndefinedObject => ERRCODE_UNDEFINED_OBJECT,
+        SqlState::InvalidTransactionState => ERRCODE_INVALID_TRANSACTION_STATE,
+        SqlState::ConfigurationLimitExceeded => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
         SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
         SqlState::UnableToConnect => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
         SqlState::ConnectionFailure => ERRCODE_CONNECTION_FAILURE,

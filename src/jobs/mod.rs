@@ -1,0 +1,165 @@
+//! Sync jobs (DESIGN.md §2.3): what a job may say, checked once at creation; `sql` is their SQL
+//! face and `run` the run worker. The parts here are Postgres-free.
+
+pub mod run;
+mod sql;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    /// Insert every row (FineDataLink's "Add").
+    Append,
+    /// Empty the target, then insert: in one transaction, so readers see old or new.
+    Replace,
+    /// Insert, or update the row with the same key.
+    Upsert,
+    /// Upsert, then delete the rows whose key the run did not see.
+    Mirror,
+}
+
+impl WriteMethod {
+    pub fn parse(text: &str) -> Result<WriteMethod> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "append" => Ok(WriteMethod::Append),
+            "replace" => Ok(WriteMethod::Replace),
+            "upsert" => Ok(WriteMethod::Upsert),
+            "mirror" => Ok(WriteMethod::Mirror),
+            other => Err(Error::invalid(format!("unknown write_method \"{other}\""))
+                .with_hint("one of append, replace, upsert, mirror")),
+        }
+    }
+
+    pub fn uses_keys(self) -> bool {
+        matches!(self, WriteMethod::Upsert | WriteMethod::Mirror)
+    }
+
+    /// The table privileges a run needs besides INSERT.
+    pub fn privileges(self) -> &'static [&'static str] {
+        match self {
+            WriteMethod::Append => &["INSERT"],
+            WriteMethod::Replace => &["INSERT", "DELETE"],
+            WriteMethod::Upsert => &["INSERT", "UPDATE"],
+            WriteMethod::Mirror => &["INSERT", "UPDATE", "DELETE"],
+        }
+    }
+}
+
+/// Options only a job takes; the rest are `api_fetch`'s.
+const JOB_OPTIONS: [&str; 3] = ["commit_every", "incremental", "max_rejected"];
+
+/// Splits a job's options into `api_fetch`'s and the job's own, refusing the job options that
+/// are not built yet.
+pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
+    let Some(Value::Object(all)) = options else {
+        return Ok(options.cloned());
+    };
+    let mut fetch = Map::new();
+    for (key, value) in all {
+        if !JOB_OPTIONS.contains(&key.as_str()) {
+            fetch.insert(key.clone(), value.clone());
+        } else if !(key == "max_rejected" && value.as_u64() == Some(0)) {
+            return Err(Error::not_supported(format!(
+                "options.{key} is not supported yet"
+            )));
+        }
+    }
+    Ok(Some(Value::Object(fetch)))
+}
+
+/// A job row is readable by every member of its owner's roles: credentials must live in secrets.
+pub fn check_no_inline_credentials(headers: Option<&Value>, options: Option<&Value>) -> Result<()> {
+    let hint = "store it with apisync.create_secret(name, value) and give {\"secret\": name}";
+    if let Some(Value::Object(headers)) = headers {
+        if let Some(name) = headers.keys().find(|name| {
+            let lower = name.to_ascii_lowercase();
+            [
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "x-api-key",
+                "api-key",
+            ]
+            .contains(&lower.as_str())
+        }) {
+            return Err(Error::invalid(format!(
+                "a job cannot keep the credential header \"{name}\""
+            ))
+            .with_hint("use options.auth with a secret"));
+        }
+    }
+    let auth = options
+        .and_then(|o| o.get("auth"))
+        .and_then(Value::as_object);
+    if let Some(field) = auth.and_then(|auth| {
+        ["token", "password", "value", "client_secret"]
+            .into_iter()
+            .find(|f| auth.contains_key(*f))
+    }) {
+        return Err(
+            Error::invalid(format!("a job cannot keep options.auth.{field} inline"))
+                .with_hint(hint),
+        );
+    }
+    Ok(())
+}
+
+/// Schedules are run by the background worker, which is not built yet: pg_cron calls run_job.
+pub fn check_schedule(schedule: Option<&str>) -> Result<()> {
+    match schedule {
+        None => Ok(()),
+        Some(_) => Err(Error::not_supported("schedule is not supported yet")
+            .with_hint("schedule runs with pg_cron: SELECT cron.schedule('name', '*/5 * * * *', $$SELECT apisync.run_job('name')$$)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn write_methods() {
+        assert_eq!(WriteMethod::parse(" Upsert ").unwrap(), WriteMethod::Upsert);
+        assert!(WriteMethod::parse("merge")
+            .unwrap_err()
+            .message
+            .contains("unknown write_method \"merge\""));
+        assert!(WriteMethod::Mirror.uses_keys() && !WriteMethod::Replace.uses_keys());
+    }
+
+    #[test]
+    fn job_options_are_split_off() {
+        let options = json!({"timeout_ms": 5, "max_rejected": 0});
+        assert_eq!(
+            fetch_options(Some(&options)).unwrap(),
+            Some(json!({"timeout_ms": 5}))
+        );
+        let err = fetch_options(Some(&json!({"commit_every": 10}))).unwrap_err();
+        assert!(err.message.contains("commit_every is not supported yet"));
+    }
+
+    #[test]
+    fn credentials_must_be_secrets() {
+        let err = check_no_inline_credentials(
+            None,
+            Some(&json!({"auth": {"type": "bearer", "token": "t"}})),
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("options.auth.token"),
+            "{}",
+            err.message
+        );
+        let err = check_no_inline_credentials(Some(&json!({"Authorization": "Bearer t"})), None)
+            .unwrap_err();
+        assert!(err.message.contains("\"Authorization\""), "{}", err.message);
+        check_no_inline_credentials(
+            Some(&json!({"X-Tenant": "a"})),
+            Some(&json!({"auth": {"type": "bearer", "secret": "s"}})),
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,352 @@
+//! A run, in a dynamic background worker connected as the job's owner: one transaction records
+//! the run as running (or skipped), one writes the target and the run's success together (so the
+//! target shows all of a run or none of it), and a failure is recorded in a transaction of its own.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+
+use super::WriteMethod;
+use crate::error::SqlState;
+use crate::sql::fetch::{track_run, tracked, FetchStats};
+
+/// Advisory lock class of job runs ("apis"): one run of a job at a time.
+const LOCK_CLASS: i32 = 0x6170_6973;
+
+struct Job {
+    target: pg_sys::Oid,
+    url: String,
+    method: String,
+    body: Option<JsonB>,
+    path: String,
+    headers: JsonB,
+    paging: Option<JsonB>,
+    options: JsonB,
+    write: WriteMethod,
+    keys: Vec<String>,
+}
+
+#[derive(Default)]
+struct Written {
+    inserted: i64,
+    updated: i64,
+    deleted: i64,
+}
+
+/// The worker's entry point; `bgw_extra` holds "database owner job_id run_id trigger".
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
+    let extra = BackgroundWorker::get_extra().to_string();
+    let fields: Vec<&str> = extra.split_whitespace().collect();
+    let [database, owner, job_id, run_id, trigger] = fields[..] else {
+        error!("apisync run worker: malformed arguments \"{extra}\"")
+    };
+    let oid = |text: &str| pg_sys::Oid::from(text.parse::<u32>().unwrap_or(0));
+    let (job_id, run_id) = (
+        job_id.parse::<i64>().unwrap_or(0),
+        run_id.parse::<i64>().unwrap_or(0),
+    );
+    // SAFETY: signal setup of a background worker, before unblocking signals.
+    unsafe {
+        pg_sys::pqsignal(libc::SIGTERM, Some(on_sigterm));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid(database)), Some(oid(owner)));
+
+    let started = BackgroundWorker::transaction(|| begin(job_id, run_id, trigger));
+    if !started {
+        return;
+    }
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
+        transaction(|| {
+            let job = load(job_id);
+            track_run(run_id);
+            let written = write(&job);
+            finish(run_id, &tracked(), &written);
+        });
+        None
+    }))
+    .catch_others(|caught| Some(describe(caught)))
+    .execute();
+    if let Some((message, sqlstate)) = outcome {
+        log!("apisync run {run_id} failed: {message} (SQLSTATE {sqlstate})");
+        // SAFETY: leaves the failed transaction, as a worker's error recovery does.
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
+        BackgroundWorker::transaction(|| fail(run_id, &tracked(), &message, &sqlstate));
+    }
+}
+
+/// SIGTERM (run_job cancelled, DROP DATABASE, shutdown) ends the run as `die` ends a backend's
+/// query: at the next interrupt check, which every wait makes within 50 ms.
+unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
+    // SAFETY: sig_atomic_t flags, which is all a signal handler may touch.
+    unsafe {
+        std::ptr::write_volatile(&raw mut pg_sys::InterruptPending, 1);
+        std::ptr::write_volatile(&raw mut pg_sys::ProcDiePending, 1);
+    }
+}
+
+fn transaction(body: impl FnOnce()) {
+    // SAFETY: a plain transaction of a connected background worker.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    body();
+    // SAFETY: closes what was opened above.
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+}
+
+/// Takes the job's run lock and records the run as running; without the lock, records it as
+/// skipped. Runs still marked running hold no lock: their worker is gone, so they failed.
+fn begin(job_id: i64, run_id: i64, trigger: &str) -> bool {
+    let locked = Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_lock($1, $2::int)",
+        &[LOCK_CLASS.into(), job_id.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    let status = if locked { "running" } else { "skipped" };
+    if locked {
+        Spi::run_with_args(
+            "UPDATE apisync.job_runs SET status = 'failed', finished_at = clock_timestamp(), sqlstate = '57P01',
+                    error = 'interrupted: its worker ended before the run finished (crash, restart or termination)'
+             WHERE job_id = $1 AND status = 'running'",
+            &[job_id.into()],
+        )
+        .unwrap_or_else(|e| error!("apisync run {run_id}: {e}"));
+    }
+    Spi::run_with_args(
+        "INSERT INTO apisync.job_runs (run_id, job_id, job_name, owner, trigger, status, pid, finished_at, error)
+         SELECT $1, job_id, name, owner, $2, $3, pg_backend_pid(),
+                CASE WHEN $3 = 'skipped' THEN clock_timestamp() END,
+                CASE WHEN $3 = 'skipped' THEN 'another run of this job was in progress' END
+         FROM apisync.jobs WHERE job_id = $4",
+        &[run_id.into(), trigger.into(), status.into(), job_id.into()],
+    )
+    .unwrap_or_else(|e| error!("apisync run {run_id}: {e}"));
+    locked
+}
+
+fn load(job_id: i64) -> Job {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT target::oid, url, method, body, path, headers, paging, options, write_method,
+                    coalesce(key_columns, '{}')
+             FROM apisync.jobs WHERE job_id = $1",
+            Some(1),
+            &[job_id.into()],
+        )?;
+        if rows.is_empty() {
+            error!("the job was dropped");
+        }
+        let row = rows.first();
+        let text = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
+        Ok::<_, pgrx::spi::Error>(Job {
+            target: row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::Oid::INVALID),
+            url: text(2),
+            method: text(3),
+            body: row.get::<JsonB>(4)?,
+            path: text(5),
+            headers: row.get::<JsonB>(6)?.unwrap_or(JsonB(serde_json::json!({}))),
+            paging: row.get::<JsonB>(7)?,
+            options: row.get::<JsonB>(8)?.unwrap_or(JsonB(serde_json::json!({}))),
+            write: WriteMethod::parse(&text(9)).unwrap_or(WriteMethod::Append),
+            keys: row.get::<Vec<String>>(10)?.unwrap_or_default(),
+        })
+    })
+    .unwrap_or_else(|e| error!("could not read the job: {e}"))
+}
+
+/// The write method, as SQL over `api_fetch` typed by the target's row type.
+fn write(job: &Job) -> Written {
+    let one = |sql: &str, args: &[pgrx::datum::DatumWithOid]| -> Option<String> {
+        Spi::get_one_with_args::<String>(sql, args).unwrap_or_else(|e| error!("{e}"))
+    };
+    let target = one("SELECT $1::regclass::text", &[job.target.into()]).unwrap_or_default();
+    let columns: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT array_agg(quote_ident(attname) ORDER BY attnum) FROM pg_attribute
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
+        &[job.target.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let schema = one(
+        "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+         WHERE e.extname = 'pg_apisync'",
+        &[],
+    )
+    .unwrap_or_else(|| "public".into());
+    let list = columns.join(", ");
+    let fetch = format!("{schema}.api_fetch($1, $2, $3, $4, $5, $6, $7, NULL::{target})");
+    // The stored options minus the job's own.
+    let options = super::fetch_options(Some(&job.options.0))
+        .ok()
+        .flatten()
+        .unwrap_or(serde_json::json!({}));
+    let args = || -> Vec<pgrx::datum::DatumWithOid<'static>> {
+        vec![
+            job.url.clone().into(),
+            job.method.clone().into(),
+            job.body.as_ref().map(|b| JsonB(b.0.clone())).into(),
+            job.path.clone().into(),
+            JsonB(job.headers.0.clone()).into(),
+            job.paging.as_ref().map(|p| JsonB(p.0.clone())).into(),
+            JsonB(options.clone()).into(),
+        ]
+    };
+    let processed = |sql: &str, with_args: bool| -> i64 {
+        Spi::connect_mut(|client| {
+            let args = if with_args { args() } else { vec![] };
+            client
+                .update(sql, None, &args)
+                .map(|table| table.len() as i64)
+        })
+        .unwrap_or_else(|e| error!("{e}"))
+    };
+    let mut written = Written::default();
+    match job.write {
+        WriteMethod::Append | WriteMethod::Replace => {
+            if job.write == WriteMethod::Replace {
+                written.deleted = processed(&format!("DELETE FROM {target}"), false);
+            }
+            written.inserted = processed(
+                &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetch}"),
+                true,
+            );
+        }
+        WriteMethod::Upsert | WriteMethod::Mirror => {
+            let keys: Vec<String> = job.keys.iter().map(|k| quote_ident(k)).collect();
+            let keys = keys.join(", ");
+            // The last row of a key wins, as it would row by row.
+            processed(
+                &format!(
+                    "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
+                     SELECT DISTINCT ON ({keys}) {list} FROM {fetch} WITH ORDINALITY AS fetched
+                     ORDER BY {keys}, fetched.ordinality DESC"
+                ),
+                true,
+            );
+            let others: Vec<&String> = columns
+                .iter()
+                .filter(|c| !job.keys.iter().any(|k| quote_ident(k) == **c))
+                .collect();
+            let action = if others.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                let set: Vec<String> = others
+                    .iter()
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect();
+                let old: Vec<String> = others.iter().map(|c| format!("t.{c}")).collect();
+                let new: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+                format!(
+                    "UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+                    set.join(", "),
+                    old.join(", "),
+                    new.join(", ")
+                )
+            };
+            let counts = Spi::get_two::<i64, i64>(&format!(
+                "WITH written AS (
+                     INSERT INTO {target} AS t ({list}) SELECT {list} FROM apisync_stage
+                     ON CONFLICT ({keys}) DO {action}
+                     RETURNING (t.xmax = 0) AS inserted)
+                 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+            ))
+            .unwrap_or_else(|e| error!("{e}"));
+            written.inserted = counts.0.unwrap_or(0);
+            written.updated = counts.1.unwrap_or(0);
+            if job.write == WriteMethod::Mirror {
+                let matches: Vec<String> = job
+                    .keys
+                    .iter()
+                    .map(|k| quote_ident(k))
+                    .map(|k| format!("s.{k} = t.{k}"))
+                    .collect();
+                written.deleted = processed(
+                    &format!(
+                        "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM apisync_stage s WHERE {})",
+                        matches.join(" AND ")
+                    ),
+                    false,
+                );
+            }
+        }
+    }
+    written
+}
+
+fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn finish(run_id: i64, stats: &FetchStats, written: &Written) {
+    Spi::run_with_args(
+        "UPDATE apisync.job_runs SET status = 'succeeded', finished_at = clock_timestamp(),
+                requests = $2, pages = $3, bytes = $4, rows_fetched = $5,
+                rows_inserted = $6, rows_updated = $7, rows_deleted = $8
+         WHERE run_id = $1",
+        &[
+            run_id.into(),
+            (stats.requests as i64).into(),
+            (stats.pages as i64).into(),
+            (stats.bytes as i64).into(),
+            (stats.rows as i64).into(),
+            written.inserted.into(),
+            written.updated.into(),
+            written.deleted.into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("could not record the run: {e}"));
+}
+
+fn fail(run_id: i64, stats: &FetchStats, message: &str, sqlstate: &str) {
+    Spi::run_with_args(
+        "UPDATE apisync.job_runs SET status = 'failed', finished_at = clock_timestamp(),
+                requests = $2, pages = $3, bytes = $4, rows_fetched = $5, error = $6, sqlstate = $7
+         WHERE run_id = $1",
+        &[
+            run_id.into(),
+            (stats.requests as i64).into(),
+            (stats.pages as i64).into(),
+            (stats.bytes as i64).into(),
+            (stats.rows as i64).into(),
+            message.into(),
+            sqlstate.into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("could not record the failed run: {e}"));
+}
+
+/// The message and SQLSTATE of a caught error.
+fn describe(caught: CaughtError) -> (String, String) {
+    match caught {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+            let code = SqlState::Raised(report.sql_error_code() as i32).code();
+            (report.message().to_string(), code)
+        }
+        CaughtError::RustPanic { ereport, .. } => (ereport.message().to_string(), "XX000".into()),
+    }
+}
