@@ -66,7 +66,7 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
             let job = load(job_id);
             track_run(run_id);
             let written = write(&job);
-            finish(run_id, &tracked(), &written);
+            record(run_id, &tracked(), Ok(&written));
         });
         None
     }))
@@ -76,7 +76,7 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
         log!("apisync run {run_id} failed: {message} (SQLSTATE {sqlstate})");
         // SAFETY: leaves the failed transaction, as a worker's error recovery does.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
-        BackgroundWorker::transaction(|| fail(run_id, &tracked(), &message, &sqlstate));
+        BackgroundWorker::transaction(|| record(run_id, &tracked(), Err((&message, &sqlstate))));
     }
 }
 
@@ -302,14 +302,20 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
-fn finish(run_id: i64, stats: &FetchStats, written: &Written) {
+/// Closes the run row: succeeded with what was written, or failed with (message, SQLSTATE).
+fn record(run_id: i64, stats: &FetchStats, outcome: Result<&Written, (&str, &str)>) {
+    let (status, written, error) = match outcome {
+        Ok(written) => ("succeeded", written, None),
+        Err(error) => ("failed", &Written::default(), Some(error)),
+    };
     Spi::run_with_args(
-        "UPDATE apisync.job_runs SET status = 'succeeded', finished_at = clock_timestamp(),
-                requests = $2, pages = $3, bytes = $4, rows_fetched = $5,
-                rows_inserted = $6, rows_updated = $7, rows_deleted = $8
+        "UPDATE apisync.job_runs SET status = $2, finished_at = clock_timestamp(),
+                requests = $3, pages = $4, bytes = $5, rows_fetched = $6,
+                rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11
          WHERE run_id = $1",
         &[
             run_id.into(),
+            status.into(),
             (stats.requests as i64).into(),
             (stats.pages as i64).into(),
             (stats.bytes as i64).into(),
@@ -317,27 +323,11 @@ fn finish(run_id: i64, stats: &FetchStats, written: &Written) {
             written.inserted.into(),
             written.updated.into(),
             written.deleted.into(),
+            error.map(|(message, _)| message).into(),
+            error.map(|(_, sqlstate)| sqlstate).into(),
         ],
     )
-    .unwrap_or_else(|e| error!("could not record the run: {e}"));
-}
-
-fn fail(run_id: i64, stats: &FetchStats, message: &str, sqlstate: &str) {
-    Spi::run_with_args(
-        "UPDATE apisync.job_runs SET status = 'failed', finished_at = clock_timestamp(),
-                requests = $2, pages = $3, bytes = $4, rows_fetched = $5, error = $6, sqlstate = $7
-         WHERE run_id = $1",
-        &[
-            run_id.into(),
-            (stats.requests as i64).into(),
-            (stats.pages as i64).into(),
-            (stats.bytes as i64).into(),
-            (stats.rows as i64).into(),
-            message.into(),
-            sqlstate.into(),
-        ],
-    )
-    .unwrap_or_else(|e| error!("could not record the failed run: {e}"));
+    .unwrap_or_else(|e| error!("could not record run {run_id}: {e}"));
 }
 
 /// The message and SQLSTATE of a caught error.

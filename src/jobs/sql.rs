@@ -14,7 +14,8 @@ mod apisync {
     use crate::error::{Error, SqlState};
     use crate::jobs::{check_no_inline_credentials, check_schedule, fetch_options, WriteMethod};
     use crate::settings;
-    use crate::spec::{FetchSpec, RequestArgs};
+    use crate::spec::RequestArgs;
+    use crate::sql::fetch::fetch_spec;
     use crate::sql::rows::RowMaker;
     use crate::sql::{raise, secrets, OrRaise};
 
@@ -87,16 +88,7 @@ mod apisync {
             options: fetch_options,
             secrets: secrets::lookup(&names),
         };
-        let spec = settings::limits()
-            .and_then(|limits| {
-                FetchSpec::parse(
-                    args,
-                    path.unwrap_or("$"),
-                    paging.as_ref().map(|p| &p.0),
-                    &limits,
-                )
-            })
-            .or_raise();
+        let spec = fetch_spec(args, path, paging.as_ref());
         // Checks options.columns against the table.
         RowMaker::new(rowtype, spec.columns).or_raise();
 

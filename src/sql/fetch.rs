@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 use super::rows::RowMaker;
 use super::{request_args, OrRaise};
 use crate::fetch::{Event, Http, Page, PageStream};
-use crate::spec::FetchSpec;
+use crate::spec::{FetchSpec, RequestArgs};
 use crate::{interrupt, settings};
 
 /// What the fetches of a job run cost, counted while a run worker tracks them.
@@ -64,6 +64,15 @@ fn count_page(page: &Page) {
     });
 }
 
+/// The spec of a fetch under the session's settings; raises what is wrong with it.
+pub fn fetch_spec(args: RequestArgs<'_>, path: Option<&str>, paging: Option<&JsonB>) -> FetchSpec {
+    settings::limits()
+        .and_then(|limits| {
+            FetchSpec::parse(args, path.unwrap_or("$"), paging.map(|p| &p.0), &limits)
+        })
+        .or_raise()
+}
+
 /// The position of `row_type` among the arguments: its type is the type of the rows.
 const ROW_TYPE_ARG: usize = 7;
 
@@ -82,16 +91,7 @@ fn api_fetch(
 ) -> SetOfIterator<'static, Option<AnyElement>> {
     let _ = row_type; // only its type matters
     let args = request_args(url, method, body, headers, options);
-    let spec = settings::limits()
-        .and_then(|limits| {
-            FetchSpec::parse(
-                args,
-                path.unwrap_or("$"),
-                paging.as_ref().map(|p| &p.0),
-                &limits,
-            )
-        })
-        .or_raise();
+    let spec = fetch_spec(args, path, paging.as_ref());
     // SAFETY: fcinfo is this call's, and the argument exists.
     let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
     let columns = spec.columns.clone();
