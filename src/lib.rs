@@ -11,12 +11,14 @@ pub mod jobs;
 pub mod settings;
 pub mod spec;
 pub mod sql;
+pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    worker::register();
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 102
 pub static USER_AGENT: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_USER_AGENT));
 pub static ENABLE_SUPERUSER_JOBS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static DATABASE_NAME: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static MAX_PARALLEL_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static RUN_HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static MAX_PAGES: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"*"));
@@ -93,7 +97,45 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    // A server-start setting can only be defined while the server starts: without the preload
+    // there is no launcher, and no setting for it.
+    // SAFETY: reads a postmaster flag during _PG_init.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"apisync.database_name",
+            c"The database whose scheduled jobs the background worker runs.",
+            c"The launcher waits for CREATE EXTENSION pg_apisync there.",
+            &DATABASE_NAME,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"apisync.max_parallel_jobs",
+        c"Scheduled runs the background worker keeps going at once.",
+        c"Each run takes a background worker slot (max_worker_processes).",
+        &MAX_PARALLEL_JOBS,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apisync.run_history_days",
+        c"Days apisync.job_runs keeps finished runs.",
+        c"The background worker deletes older runs, with their rejected rows.",
+        &RUN_HISTORY_DAYS,
+        1,
+        36500,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     reserve_prefix();
+}
+
+/// `apisync.database_name`.
+pub fn database_name() -> String {
+    text(&DATABASE_NAME)
 }
 
 /// A misspelt `apisync.*` setting is an error rather than a silent placeholder.

@@ -99,6 +99,10 @@ BEGIN
     IF run.status = 'failed' THEN
         RAISE EXCEPTION 'apisync job "%" (run %) failed: %', run_job.name, run.run_id, run.error
             USING ERRCODE = coalesce(run.sqlstate, 'XX000');
+    ELSIF run.status = 'running' THEN
+        -- The worker ended without closing the run: it was killed or the server is stopping.
+        RAISE EXCEPTION 'apisync job "%" (run %) was interrupted: its worker ended before the run finished',
+            run_job.name, run.run_id USING ERRCODE = '57P01';
     ELSIF run.status = 'skipped' THEN
         RAISE NOTICE 'apisync job "%" is running already: this run was skipped', run_job.name;
     END IF;

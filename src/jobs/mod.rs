@@ -106,13 +106,58 @@ pub fn check_no_inline_credentials(headers: Option<&Value>, options: Option<&Val
     Ok(())
 }
 
-/// Schedules are run by the background worker, which is not built yet: pg_cron calls run_job.
-pub fn check_schedule(schedule: Option<&str>) -> Result<()> {
-    match schedule {
-        None => Ok(()),
-        Some(_) => Err(Error::not_supported("schedule is not supported yet")
-            .with_hint("schedule runs with pg_cron: SELECT cron.schedule('name', '*/5 * * * *', $$SELECT apisync.run_job('name')$$)")),
+/// A job's schedule, in pg_cron's syntax: five cron fields (UTC, as pg_cron's default) or
+/// `'N seconds'` (1 to 59).
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron(Box<croner::Cron>),
+    Every(std::time::Duration),
+}
+
+impl Schedule {
+    pub fn parse(text: &str) -> Result<Schedule> {
+        let text = text.trim();
+        let invalid = |why: String| {
+            Error::invalid(format!("invalid schedule \"{text}\": {why}")).with_hint(
+                "use five cron fields, such as */5 * * * *, or 'N seconds' with N from 1 to 59",
+            )
+        };
+        if let Some(seconds) = text
+            .strip_suffix("seconds")
+            .or_else(|| text.strip_suffix("second"))
+        {
+            let seconds: u64 = seconds
+                .trim()
+                .parse()
+                .map_err(|_| invalid("not a number of seconds".into()))?;
+            if !(1..=59).contains(&seconds) {
+                return Err(invalid("seconds must be from 1 to 59".into()));
+            }
+            return Ok(Schedule::Every(std::time::Duration::from_secs(seconds)));
+        }
+        if !text.starts_with('@') && text.split_whitespace().count() != 5 {
+            return Err(invalid("a cron schedule has five fields".into()));
+        }
+        let cron = croner::Cron::new(text)
+            .parse()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Schedule::Cron(Box::new(cron)))
     }
+
+    /// The first time after `after` the job is due.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Schedule::Every(every) => chrono::Duration::from_std(*every).ok().map(|d| after + d),
+            Schedule::Cron(cron) => cron.find_next_occurrence(&after, false).ok(),
+        }
+    }
+}
+
+pub fn check_schedule(schedule: Option<&str>) -> Result<()> {
+    schedule.map(Schedule::parse).transpose().map(|_| ())
 }
 
 #[cfg(test)]
@@ -139,6 +184,53 @@ mod tests {
         );
         let err = fetch_options(Some(&json!({"commit_every": 10}))).unwrap_err();
         assert!(err.message.contains("commit_every is not supported yet"));
+    }
+
+    #[test]
+    fn schedules_take_pg_crons_syntax() {
+        use chrono::TimeZone;
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 10, 2, 30)
+            .unwrap();
+        let next = Schedule::parse("*/5 * * * *")
+            .unwrap()
+            .next_after(at)
+            .unwrap();
+        assert_eq!(
+            next,
+            chrono::Utc.with_ymd_and_hms(2026, 12, 1, 10, 5, 0).unwrap()
+        );
+        let next = Schedule::parse("30 seconds")
+            .unwrap()
+            .next_after(at)
+            .unwrap();
+        assert_eq!(
+            next,
+            chrono::Utc.with_ymd_and_hms(2026, 12, 1, 10, 3, 0).unwrap()
+        );
+        let next = Schedule::parse("0 3 * * 1")
+            .unwrap()
+            .next_after(at)
+            .unwrap();
+        assert_eq!(
+            next,
+            chrono::Utc.with_ymd_and_hms(2026, 12, 7, 3, 0, 0).unwrap()
+        );
+        for bad in [
+            "* * * *",
+            "61 * * * *",
+            "0 seconds",
+            "90 seconds",
+            "every minute",
+            "0 0 * * * *",
+        ] {
+            let err = Schedule::parse(bad).unwrap_err();
+            assert!(
+                err.message.starts_with("invalid schedule"),
+                "{bad}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -4,17 +4,57 @@
 
 use std::panic::AssertUnwindSafe;
 
-use pgrx::bgworkers::BackgroundWorker;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 
 use super::WriteMethod;
-use crate::error::SqlState;
+use crate::error::{Error, SqlState};
 use crate::sql::fetch::{track_run, tracked, FetchStats};
 
 /// Advisory lock class of job runs ("apis"): one run of a job at a time.
-const LOCK_CLASS: i32 = 0x6170_6973;
+pub const LOCK_CLASS: i32 = 0x6170_6973;
+
+/// Starts a run worker for job `job_id` as `owner`, with a new run id; `notify` is the process
+/// that waits for it (run_job), if any.
+pub fn start_worker(
+    job_id: i64,
+    name: &str,
+    owner: pg_sys::Oid,
+    trigger: &str,
+    notify: Option<i32>,
+) -> Result<(DynamicBackgroundWorker, i64), Error> {
+    let run_id = Spi::get_one::<i64>("SELECT nextval('apisync.job_runs_run_id_seq')")
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::internal("could not draw a run id"))?;
+    // SAFETY: reads a session global on the backend thread.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let extra = format!(
+        "{} {} {job_id} {run_id} {trigger}",
+        database.to_u32(),
+        owner.to_u32()
+    );
+    let mut builder = BackgroundWorkerBuilder::new(&format!("apisync run {run_id} of {name}"))
+        .set_type("apisync run")
+        .set_library("pg_apisync")
+        .set_function("apisync_run_worker")
+        .enable_spi_access()
+        .set_extra(&extra)
+        .set_restart_time(None);
+    if let Some(pid) = notify {
+        builder = builder.set_notify_pid(pid);
+    }
+    let worker = builder.load_dynamic().map_err(|_| {
+        Error::new(
+            SqlState::ConfigurationLimitExceeded,
+            "could not start a background worker for the run",
+        )
+        .with_hint("raise max_worker_processes")
+    })?;
+    Ok((worker, run_id))
+}
 
 struct Job {
     target: pg_sys::Oid,

@@ -7,11 +7,12 @@ use pgrx::prelude::*;
 mod apisync {
     use std::time::Duration;
 
-    use pgrx::bgworkers::{BackgroundWorkerBuilder, BackgroundWorkerStatus};
+    use pgrx::bgworkers::BackgroundWorkerStatus;
     use pgrx::prelude::*;
     use pgrx::{pg_sys, JsonB};
 
     use crate::error::{Error, SqlState};
+    use crate::jobs::run::start_worker;
     use crate::jobs::{check_no_inline_credentials, check_schedule, fetch_options, WriteMethod};
     use crate::settings;
     use crate::spec::RequestArgs;
@@ -184,35 +185,9 @@ mod apisync {
                 format!("apisync job \"{name}\" is owned by a superuser, and apisync.enable_superuser_jobs is off"),
             ));
         }
-        let run_id = Spi::get_one::<i64>("SELECT nextval('apisync.job_runs_run_id_seq')")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| raise(Error::internal("no run id")));
-        // SAFETY: reads session globals on the backend thread.
-        let (database, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
-        let extra = format!(
-            "{} {} {job_id} {run_id} {trigger}",
-            database.to_u32(),
-            owner.to_u32()
-        );
-        let worker = BackgroundWorkerBuilder::new(&format!("apisync run {run_id} of {name}"))
-            .set_type("apisync run")
-            .set_library("pg_apisync")
-            .set_function("apisync_run_worker")
-            .enable_spi_access()
-            .set_extra(&extra)
-            .set_notify_pid(pid)
-            .set_restart_time(None)
-            .load_dynamic()
-            .unwrap_or_else(|_| {
-                raise(
-                    Error::new(
-                        SqlState::ConfigurationLimitExceeded,
-                        "could not start a background worker for the run",
-                    )
-                    .with_hint("raise max_worker_processes"),
-                )
-            });
+        // SAFETY: reads a session global on the backend thread.
+        let pid = unsafe { pg_sys::MyProcPid };
+        let (worker, run_id) = start_worker(job_id, name, owner, trigger, Some(pid)).or_raise();
         loop {
             match worker.pid() {
                 Err(BackgroundWorkerStatus::Stopped) => break,
