@@ -48,5 +48,22 @@ SELECT * FROM api_fetch(:'api' || '/api/users', 'POST',
 
 SELECT id, name, email, city, score, signup_time, active, tags FROM users ORDER BY id LIMIT 10;
 SELECT count(*) AS users, round(avg(score), 2) AS avg_score, count(*) FILTER (WHERE 'vip' = ANY (tags)) AS vips FROM users;
+
+-- A sync job: all pages, 20 users a page, upserted by primary key, every 5 seconds by the
+-- extension's background worker (and now, by hand).
+CREATE TABLE users_synced (LIKE users INCLUDING ALL);
+SELECT apisync.create_job('users', 'users_synced', :'api' || '/api/users', 'POST',
+                          '{"paging": {"pageSize": 20, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}',
+                          '$.data',
+                          paging => '{"type": "page_number", "in": "body", "page_param": "paging.pageNum",
+                                      "size_param": "paging.pageSize", "page_size": 20, "total_path": "$.totalNum"}',
+                          options => '{"columns": {"signup_time": "$.signupTime"}}',
+                          write_method => 'upsert', schedule => '5 seconds');
+SELECT run_id, status, pages, rows_fetched, rows_inserted, rows_updated FROM apisync.run_job('users');
+SELECT pg_sleep(6);
+SELECT run_id, trigger, status, requests, pages, rows_fetched, rows_inserted, rows_updated, rows_deleted,
+       finished_at - started_at AS took
+FROM apisync.job_runs ORDER BY run_id;
+SELECT count(*) AS synced_users FROM users_synced;
 SQL
 echo "== done: the cluster and the demo API are stopped and removed"
