@@ -170,6 +170,16 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
         ["stripe", "customers"] => shapes::stripe(&headers, &query),
         ["drf", "users"] => shapes::drf(&path, &headers, &query),
         ["offset", "users"] => shapes::offset(&query),
+        ["incremental", "users"] => {
+            // Users with since < id <= upto: a source that grows as `upto` does.
+            let since = number("since", 0);
+            let upto = number("upto", data::USER_COUNT);
+            let rows: Vec<Value> = data::users()
+                .into_iter()
+                .filter(|u| u["id"].as_u64().is_some_and(|id| id > since && id <= upto))
+                .collect();
+            json_response(StatusCode::OK, &json!({"data": rows, "since": since}))
+        }
         ["endless", kind] => shapes::endless(kind, &headers, &query),
         ["slowpages"] => shapes::slow_pages(&query).await,
         ["flaky", key] => shapes::flaky(state, key, &query),

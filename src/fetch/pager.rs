@@ -6,7 +6,7 @@ use reqwest::header::{HeaderMap, LINK};
 use serde_json::Value;
 use url::Url;
 
-use crate::spec::paging::set_dotted;
+use crate::spec::paging::{set_dotted, set_query};
 use crate::spec::{Body, Paging, PagingKind, ParamPlace, RequestSpec};
 
 /// Where paging goes after a page.
@@ -176,24 +176,7 @@ impl<'a> Pager<'a> {
 
 fn set_param(request: &mut RequestSpec, place: ParamPlace, name: &str, value: Value) {
     match place {
-        ParamPlace::Query => {
-            let text = match &value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let kept: Vec<(String, String)> = request
-                .url
-                .query_pairs()
-                .filter(|(k, _)| k != name)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let mut pairs = request.url.query_pairs_mut();
-            pairs.clear();
-            for (k, v) in &kept {
-                pairs.append_pair(k, v);
-            }
-            pairs.append_pair(name, &text);
-        }
+        ParamPlace::Query => set_query(&mut request.url, name, &value),
         ParamPlace::Body => {
             let body = std::mem::replace(&mut request.body, Body::None);
             let (mut value_doc, content_type) = match body {

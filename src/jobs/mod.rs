@@ -4,6 +4,7 @@
 pub mod run;
 mod sql;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -60,6 +61,8 @@ pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
     for (key, value) in all {
         if !JOB_OPTIONS.contains(&key.as_str()) {
             fetch.insert(key.clone(), value.clone());
+        } else if key == "incremental" {
+            Incremental::parse(value)?;
         } else if !(key == "max_rejected" && value.as_u64() == Some(0)) {
             return Err(Error::not_supported(format!(
                 "options.{key} is not supported yet"
@@ -67,6 +70,70 @@ pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
         }
     }
     Ok(Some(Value::Object(fetch)))
+}
+
+/// `options.incremental`: the cursor lives in the data. Each run sends `param` = the target's
+/// `max(cursor_column)` (minus `lookback`), or `initial` while the target is empty.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incremental {
+    pub cursor_column: String,
+    pub param: String,
+    #[serde(rename = "in", default)]
+    pub place: IncrementalPlace,
+    pub initial: Option<Value>,
+    /// An interval (`"1 hour"`) for time columns, a number for numeric ones.
+    pub lookback: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncrementalPlace {
+    #[default]
+    Query,
+    Body,
+}
+
+impl Incremental {
+    pub fn parse(value: &Value) -> Result<Incremental> {
+        let incremental = Incremental::deserialize(value)
+            .map_err(|e| Error::invalid(format!("invalid options.incremental: {e}")))?;
+        match &incremental.lookback {
+            None | Some(Value::String(_)) | Some(Value::Number(_)) => {}
+            Some(_) => {
+                return Err(Error::invalid(
+                    "options.incremental.lookback must be an interval string or a number",
+                ))
+            }
+        }
+        if matches!(
+            &incremental.initial,
+            Some(Value::Object(_) | Value::Array(_))
+        ) {
+            return Err(Error::invalid(
+                "options.incremental.initial must be a scalar",
+            ));
+        }
+        Ok(incremental)
+    }
+
+    /// The job's incremental option, if it has one.
+    pub fn of(options: &Value) -> Result<Option<Incremental>> {
+        options
+            .get("incremental")
+            .map(Incremental::parse)
+            .transpose()
+    }
+
+    /// The SQL expression of the value to send, over the target's cursor column `column`
+    /// (quoted); `$1` is the lookback.
+    pub fn cursor_sql(&self, column: &str) -> String {
+        match &self.lookback {
+            None => format!("to_jsonb(max({column}))"),
+            Some(Value::String(_)) => format!("to_jsonb(max({column}) - $1::text::interval)"),
+            Some(_) => format!("to_jsonb(max({column}) - $1::text::numeric)"),
+        }
+    }
 }
 
 /// A job row is readable by every member of its owner's roles: credentials must live in secrets.
@@ -184,6 +251,23 @@ mod tests {
         );
         let err = fetch_options(Some(&json!({"commit_every": 10}))).unwrap_err();
         assert!(err.message.contains("commit_every is not supported yet"));
+        let incremental = json!({"incremental": {"cursor_column": "id", "param": "since", "initial": 0}, "retries": 1});
+        assert_eq!(
+            fetch_options(Some(&incremental)).unwrap(),
+            Some(json!({"retries": 1}))
+        );
+        let typo = json!({"incremental": {"cursor_colum": "id", "param": "since"}});
+        assert!(fetch_options(Some(&typo))
+            .unwrap_err()
+            .message
+            .contains("unknown field `cursor_colum`"));
+        let lookback =
+            Incremental::parse(&json!({"cursor_column": "ts", "param": "p", "lookback": "1 hour"}))
+                .unwrap();
+        assert_eq!(
+            lookback.cursor_sql("ts"),
+            "to_jsonb(max(ts) - $1::text::interval)"
+        );
     }
 
     #[test]

@@ -228,6 +228,7 @@ fn write(job: &Job) -> Written {
     )
     .unwrap_or_else(|| "public".into());
     let list = columns.join(", ");
+    let (url, body) = incremental_request(job, &target);
     let fetch = format!("{schema}.api_fetch($1, $2, $3, $4, $5, $6, $7, NULL::{target})");
     // The stored options minus the job's own.
     let options = super::fetch_options(Some(&job.options.0))
@@ -236,9 +237,9 @@ fn write(job: &Job) -> Written {
         .unwrap_or(serde_json::json!({}));
     let args = || -> Vec<pgrx::datum::DatumWithOid<'static>> {
         vec![
-            job.url.clone().into(),
+            url.clone().into(),
             job.method.clone().into(),
-            job.body.as_ref().map(|b| JsonB(b.0.clone())).into(),
+            body.as_ref().map(|b| JsonB(b.clone())).into(),
             job.path.clone().into(),
             JsonB(job.headers.0.clone()).into(),
             job.paging.as_ref().map(|p| JsonB(p.0.clone())).into(),
@@ -325,6 +326,60 @@ fn write(job: &Job) -> Written {
         }
     }
     written
+}
+
+/// The job's URL and body, carrying the incremental cursor when the job has one.
+fn incremental_request(job: &Job, target: &str) -> (String, Option<serde_json::Value>) {
+    let body = job.body.as_ref().map(|b| b.0.clone());
+    let incremental = match super::Incremental::of(&job.options.0) {
+        Ok(Some(incremental)) => incremental,
+        Ok(None) => return (job.url.clone(), body),
+        Err(e) => error!("{}", e.message),
+    };
+    let found =
+        cursor(&incremental, target, false).unwrap_or_else(|e| error!("options.incremental: {e}"));
+    let Some(cursor) = found
+        .filter(|v| !v.is_null())
+        .or(incremental.initial.clone())
+    else {
+        return (job.url.clone(), body);
+    };
+    match incremental.place {
+        super::IncrementalPlace::Query => {
+            let mut url = url::Url::parse(&job.url).unwrap_or_else(|e| error!("invalid url: {e}"));
+            crate::spec::paging::set_query(&mut url, &incremental.param, &cursor);
+            (url.to_string(), body)
+        }
+        super::IncrementalPlace::Body => {
+            let mut body = body.unwrap_or(serde_json::Value::Null);
+            crate::spec::paging::set_dotted(&mut body, &incremental.param, cursor);
+            (job.url.clone(), Some(body))
+        }
+    }
+}
+
+/// The target's `max(cursor_column)` minus the lookback, as JSON; `plan_only` runs the query on no
+/// rows, which checks the column and the lookback's type without reading the table.
+pub fn cursor(
+    incremental: &super::Incremental,
+    target: &str,
+    plan_only: bool,
+) -> Result<Option<serde_json::Value>, pgrx::spi::Error> {
+    let column = quote_ident(&incremental.cursor_column);
+    let filter = if plan_only { " WHERE false" } else { "" };
+    let sql = format!(
+        "SELECT {} FROM {target}{filter}",
+        incremental.cursor_sql(&column)
+    );
+    let lookback = incremental.lookback.as_ref().map(|l| match l {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let found = match &lookback {
+        Some(lookback) => Spi::get_one_with_args::<JsonB>(&sql, &[lookback.as_str().into()]),
+        None => Spi::get_one::<JsonB>(&sql),
+    }?;
+    Ok(found.map(|j| j.0))
 }
 
 fn quote_ident(name: &str) -> String {

@@ -92,6 +92,17 @@ mod apisync {
         let spec = fetch_spec(args, path, paging.as_ref());
         // Checks options.columns against the table.
         RowMaker::new(rowtype, spec.columns).or_raise();
+        if let Some(incremental) = options
+            .as_ref()
+            .and_then(|o| crate::jobs::Incremental::of(o).transpose())
+        {
+            let incremental = incremental.or_raise();
+            if let Err(e) = crate::jobs::run::cursor(&incremental, &target_name(target), true) {
+                raise(Error::invalid(format!(
+                    "options.incremental does not fit the target: {e}"
+                )));
+            }
+        }
 
         if !write.uses_keys() {
             if key_columns.is_some() {
@@ -145,6 +156,13 @@ mod apisync {
             );
         }
         Some(keys)
+    }
+
+    fn target_name(target: pg_sys::Oid) -> String {
+        Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[target.into()])
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     fn write_name(write: WriteMethod) -> &'static str {

@@ -200,6 +200,26 @@ impl Paging {
     }
 }
 
+/// Sets query parameter `name` of `url` to `value` (strings as they are, other values as JSON
+/// text), replacing any it had.
+pub fn set_query(url: &mut url::Url, name: &str, value: &Value) {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut pairs = url.query_pairs_mut();
+    pairs.clear();
+    for (k, v) in &kept {
+        pairs.append_pair(k, v);
+    }
+    pairs.append_pair(name, &text);
+}
+
 /// Sets `value` at the dotted `path` of a JSON object, creating objects on the way.
 pub fn set_dotted(body: &mut Value, path: &str, value: Value) {
     if !body.is_object() {
