@@ -71,6 +71,18 @@ impl SqlState {
     }
 }
 
+impl SqlState {
+    /// A SQLSTATE given as its five characters.
+    pub fn from_code(code: &str) -> SqlState {
+        let packed = code.bytes().take(5).enumerate();
+        SqlState::Raised(
+            packed
+                .map(|(i, c)| (i32::from(c.wrapping_sub(b'0')) & 0x3F) << (6 * i))
+                .sum(),
+        )
+    }
+}
+
 /// Postgres packs a SQLSTATE as five 6-bit characters (MAKE_SQLSTATE).
 fn unpack_sqlstate(packed: i32) -> String {
     (0..5)
@@ -195,6 +207,7 @@ mod tests {
     fn raised_codes_unpack() {
         let packed = (2 | (2 << 6) | (('P' as i32 - '0' as i32) << 12)) | (2 << 24);
         assert_eq!(SqlState::Raised(packed).code(), "22P02");
+        assert_eq!(SqlState::from_code("22P02"), SqlState::Raised(packed));
         assert_eq!(SqlState::InvalidJsonText.code(), "22032");
     }
 

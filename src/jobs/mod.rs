@@ -63,13 +63,27 @@ pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
             fetch.insert(key.clone(), value.clone());
         } else if key == "incremental" {
             Incremental::parse(value)?;
-        } else if !(key == "max_rejected" && value.as_u64() == Some(0)) {
+        } else if key == "max_rejected" {
+            if value.as_u64().is_none() {
+                return Err(Error::invalid(
+                    "options.max_rejected must be a whole number, 0 or more",
+                ));
+            }
+        } else {
             return Err(Error::not_supported(format!(
                 "options.{key} is not supported yet"
             )));
         }
     }
     Ok(Some(Value::Object(fetch)))
+}
+
+/// `options.max_rejected`: rows that may fail conversion or a constraint, 0 by default.
+pub fn max_rejected(options: &Value) -> u64 {
+    options
+        .get("max_rejected")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// `options.incremental`: the cursor lives in the data. Each run sends `param` = the target's
@@ -249,6 +263,8 @@ mod tests {
             fetch_options(Some(&options)).unwrap(),
             Some(json!({"timeout_ms": 5}))
         );
+        assert!(fetch_options(Some(&json!({"max_rejected": -1}))).is_err());
+        assert_eq!(max_rejected(&json!({"max_rejected": 7})), 7);
         let err = fetch_options(Some(&json!({"commit_every": 10}))).unwrap_err();
         assert!(err.message.contains("commit_every is not supported yet"));
         let incremental = json!({"incremental": {"cursor_column": "id", "param": "since", "initial": 0}, "retries": 1});

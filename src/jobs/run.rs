@@ -11,7 +11,9 @@ use pgrx::{pg_sys, JsonB};
 
 use super::WriteMethod;
 use crate::error::{Error, SqlState};
-use crate::sql::fetch::{track_run, tracked, FetchStats};
+use crate::sql::fetch::{
+    collect_rejects, rejects, too_many_rejects, track_run, tracked, FetchStats, Rejected,
+};
 
 /// Advisory lock class of job runs ("apis"): one run of a job at a time.
 pub const LOCK_CLASS: i32 = 0x6170_6973;
@@ -74,6 +76,7 @@ struct Written {
     inserted: i64,
     updated: i64,
     deleted: i64,
+    rejected: Vec<Rejected>,
 }
 
 /// The worker's entry point; `bgw_extra` holds "database owner job_id run_id trigger".
@@ -255,77 +258,186 @@ fn write(job: &Job) -> Written {
         })
         .unwrap_or_else(|e| error!("{e}"))
     };
+    let max_rejected = super::max_rejected(&job.options.0);
+    if max_rejected > 0 {
+        collect_rejects(max_rejected);
+    }
     let mut written = Written::default();
-    match job.write {
-        WriteMethod::Append | WriteMethod::Replace => {
-            if job.write == WriteMethod::Replace {
-                written.deleted = processed(&format!("DELETE FROM {target}"), false);
-            }
-            written.inserted = processed(
-                &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetch}"),
-                true,
-            );
-        }
-        WriteMethod::Upsert | WriteMethod::Mirror => {
-            let keys: Vec<String> = job.keys.iter().map(|k| quote_ident(k)).collect();
-            let keys = keys.join(", ");
-            // The last row of a key wins, as it would row by row.
-            processed(
-                &format!(
-                    "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
-                     SELECT DISTINCT ON ({keys}) {list} FROM {fetch} WITH ORDINALITY AS fetched
-                     ORDER BY {keys}, fetched.ordinality DESC"
-                ),
-                true,
-            );
-            let others: Vec<&String> = columns
-                .iter()
-                .filter(|c| !job.keys.iter().any(|k| quote_ident(k) == **c))
-                .collect();
-            let action = if others.is_empty() {
-                "NOTHING".to_string()
-            } else {
-                let set: Vec<String> = others
-                    .iter()
-                    .map(|c| format!("{c} = EXCLUDED.{c}"))
-                    .collect();
-                let old: Vec<String> = others.iter().map(|c| format!("t.{c}")).collect();
-                let new: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
-                format!(
-                    "UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
-                    set.join(", "),
-                    old.join(", "),
-                    new.join(", ")
-                )
-            };
-            let counts = Spi::get_two::<i64, i64>(&format!(
-                "WITH written AS (
-                     INSERT INTO {target} AS t ({list}) SELECT {list} FROM apisync_stage
-                     ON CONFLICT ({keys}) DO {action}
-                     RETURNING (t.xmax = 0) AS inserted)
-                 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
-            ))
+    if job.write == WriteMethod::Replace {
+        written.deleted = processed(&format!("DELETE FROM {target}"), false);
+    }
+    if !job.write.uses_keys() && max_rejected == 0 {
+        // Straight from the API into the table.
+        written.inserted = processed(
+            &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetch}"),
+            true,
+        );
+        return written;
+    }
+    let keys: Vec<String> = job.keys.iter().map(|k| quote_ident(k)).collect();
+    let keys = keys.join(", ");
+    // Staged first: upsert needs the run's keys, and rejecting rows needs ranges to retry.
+    // With keys, the last row of a key wins, as it would row by row.
+    let (distinct, order) = if job.write.uses_keys() {
+        (
+            format!("DISTINCT ON ({keys})"),
+            format!("ORDER BY {keys}, fetched.ordinality DESC"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    processed(
+        &format!(
+            "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
+             SELECT {distinct} {list}, fetched.ordinality AS apisync_row FROM {fetch} WITH ORDINALITY AS fetched {order}"
+        ),
+        true,
+    );
+    let range = "FROM apisync_stage WHERE apisync_row BETWEEN $1 AND $2";
+    let statement = if job.write.uses_keys() {
+        format!(
+            "WITH written AS (
+                 INSERT INTO {target} AS t ({list}) SELECT {list} {range}
+                 ON CONFLICT ({keys}) DO {}
+                 RETURNING (t.xmax = 0) AS inserted)
+             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
+            conflict_action(&columns, &job.keys)
+        )
+    } else {
+        format!(
+            "WITH written AS (INSERT INTO {target} ({list}) SELECT {list} {range} RETURNING 1)
+             SELECT count(*), 0::bigint FROM written"
+        )
+    };
+    let last = Spi::get_one::<i64>("SELECT coalesce(max(apisync_row), 0) FROM apisync_stage")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let mut constraint_rejects = Vec::new();
+    let (inserted, updated) = if max_rejected == 0 {
+        write_range(&statement, 1, last)
+    } else {
+        write_rejecting(&statement, 1, last, max_rejected, &mut constraint_rejects)
+    };
+    written.inserted = inserted;
+    written.updated = updated;
+    if job.write == WriteMethod::Mirror {
+        let matches: Vec<String> = job
+            .keys
+            .iter()
+            .map(|k| quote_ident(k))
+            .map(|k| format!("s.{k} = t.{k}"))
+            .collect();
+        written.deleted = processed(
+            &format!(
+                "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM apisync_stage s WHERE {})",
+                matches.join(" AND ")
+            ),
+            false,
+        );
+    }
+    let mut all_rejects = rejects();
+    all_rejects.extend(constraint_rejects);
+    written.rejected = all_rejects;
+    written
+}
+
+/// `DO UPDATE` of the non-key columns, skipping rows whose values are unchanged; `DO NOTHING`
+/// when every column is a key.
+fn conflict_action(columns: &[String], keys: &[String]) -> String {
+    let others: Vec<&String> = columns
+        .iter()
+        .filter(|c| !keys.iter().any(|k| quote_ident(k) == **c))
+        .collect();
+    if others.is_empty() {
+        return "NOTHING".into();
+    }
+    let set: Vec<String> = others
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let old: Vec<String> = others.iter().map(|c| format!("t.{c}")).collect();
+    let new: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+    format!(
+        "UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+        set.join(", "),
+        old.join(", "),
+        new.join(", ")
+    )
+}
+
+/// (inserted, updated) by `statement` over the staged rows `first..=last`.
+fn write_range(statement: &str, first: i64, last: i64) -> (i64, i64) {
+    let (inserted, updated) =
+        Spi::get_two_with_args::<i64, i64>(statement, &[first.into(), last.into()])
             .unwrap_or_else(|e| error!("{e}"));
-            written.inserted = counts.0.unwrap_or(0);
-            written.updated = counts.1.unwrap_or(0);
-            if job.write == WriteMethod::Mirror {
-                let matches: Vec<String> = job
-                    .keys
-                    .iter()
-                    .map(|k| quote_ident(k))
-                    .map(|k| format!("s.{k} = t.{k}"))
-                    .collect();
-                written.deleted = processed(
-                    &format!(
-                        "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM apisync_stage s WHERE {})",
-                        matches.join(" AND ")
-                    ),
-                    false,
-                );
+    (inserted.unwrap_or(0), updated.unwrap_or(0))
+}
+
+/// `write_range`, setting aside the rows a constraint refuses: a range is tried in one
+/// subtransaction, and a failing range is halved until the failing rows stand alone, so good rows
+/// cost no subtransaction of their own.
+fn write_rejecting(
+    statement: &str,
+    first: i64,
+    last: i64,
+    max: u64,
+    rejected: &mut Vec<Rejected>,
+) -> (i64, i64) {
+    if first > last {
+        return (0, 0);
+    }
+    match in_subtransaction(|| write_range(statement, first, last)) {
+        Ok(counts) => counts,
+        Err((error, sqlstate)) if first == last => {
+            let raw = Spi::get_one_with_args::<JsonB>(
+                "SELECT to_jsonb(s) - 'apisync_row' FROM apisync_stage s WHERE apisync_row = $1",
+                &[first.into()],
+            )
+            .ok()
+            .flatten()
+            .map(|j| j.0)
+            .unwrap_or(serde_json::Value::Null);
+            let row = Rejected {
+                row_number: first,
+                raw,
+                error,
+                sqlstate,
+            };
+            rejected.push(row.clone());
+            if (rejects().len() + rejected.len()) as u64 > max {
+                too_many_rejects(max, &row);
             }
+            (0, 0)
+        }
+        Err(_) => {
+            let middle = first + (last - first) / 2;
+            let (a, b) = write_rejecting(statement, first, middle, max, rejected);
+            let (c, d) = write_rejecting(statement, middle + 1, last, max, rejected);
+            (a + c, b + d)
         }
     }
-    written
+}
+
+/// Runs `body` in a subtransaction, as a PL/pgSQL exception block does: on an error the
+/// subtransaction is rolled back and the error returned as (message, SQLSTATE).
+fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, (String, String)> {
+    // SAFETY: the backend thread, inside the run's transaction; the context and resource owner
+    // are put back as PL/pgSQL does after its subtransactions.
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
+    let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(body())))
+        .catch_others(|caught| Err(describe(caught)))
+        .execute();
+    unsafe {
+        match result {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    result
 }
 
 /// The job's URL and body, carrying the incremental cursor when the job has one.
@@ -406,7 +518,8 @@ fn record(run_id: i64, stats: &FetchStats, outcome: Result<&Written, (&str, &str
     Spi::run_with_args(
         "UPDATE apisync.job_runs SET status = $2, finished_at = clock_timestamp(),
                 requests = $3, pages = $4, bytes = $5, rows_fetched = $6,
-                rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11
+                rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11,
+                rows_rejected = $12
          WHERE run_id = $1",
         &[
             run_id.into(),
@@ -420,9 +533,24 @@ fn record(run_id: i64, stats: &FetchStats, outcome: Result<&Written, (&str, &str
             written.deleted.into(),
             error.map(|(message, _)| message).into(),
             error.map(|(_, sqlstate)| sqlstate).into(),
+            (written.rejected.len() as i64).into(),
         ],
     )
     .unwrap_or_else(|e| error!("could not record run {run_id}: {e}"));
+    for row in &written.rejected {
+        Spi::run_with_args(
+            "INSERT INTO apisync.rejected_rows (run_id, row_number, raw, error, sqlstate, owner)
+             SELECT $1, $2, $3, $4, $5, owner FROM apisync.job_runs WHERE run_id = $1",
+            &[
+                run_id.into(),
+                row.row_number.into(),
+                JsonB(row.raw.clone()).into(),
+                row.error.as_str().into(),
+                row.sqlstate.as_str().into(),
+            ],
+        )
+        .unwrap_or_else(|e| error!("could not record a rejected row of run {run_id}: {e}"));
+    }
 }
 
 /// The message and SQLSTATE of a caught error.

@@ -73,6 +73,62 @@ pub fn fetch_spec(args: RequestArgs<'_>, path: Option<&str>, paging: Option<&Jso
         .or_raise()
 }
 
+/// A row a run set aside instead of failing (`options.max_rejected`).
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub row_number: i64,
+    pub raw: Value,
+    pub error: String,
+    pub sqlstate: String,
+}
+
+thread_local! {
+    /// While a run accepts rejects: how many it may set aside, and those set aside so far.
+    static REJECTS: RefCell<Option<(u64, Vec<Rejected>)>> = const { RefCell::new(None) };
+}
+
+/// From now on, rows that fail conversion are set aside, up to `max` (then the fetch fails).
+pub fn collect_rejects(max: u64) {
+    REJECTS.with(|r| *r.borrow_mut() = Some((max, Vec::new())));
+}
+
+/// The rows set aside so far.
+pub fn rejects() -> Vec<Rejected> {
+    REJECTS.with(|r| {
+        r.borrow()
+            .as_ref()
+            .map(|(_, rows)| rows.clone())
+            .unwrap_or_default()
+    })
+}
+
+/// Sets `rejected` aside when rejects are collected; `false` when they are not. Raises once more
+/// rows are rejected than allowed.
+pub fn reject(rejected: Rejected) -> bool {
+    let over = REJECTS.with(|r| {
+        let mut sink = r.borrow_mut();
+        let (max, rows) = sink.as_mut()?;
+        rows.push(rejected.clone());
+        Some((rows.len() as u64 > *max).then_some(*max))
+    });
+    match over {
+        None => false,
+        Some(None) => true,
+        Some(Some(max)) => too_many_rejects(max, &rejected),
+    }
+}
+
+/// Fails the run: more than `max` rows were rejected, `last` the last of them.
+pub fn too_many_rejects(max: u64, last: &Rejected) -> ! {
+    super::raise(crate::error::Error::new(
+        crate::error::SqlState::from_code(&last.sqlstate),
+        format!(
+            "more than {max} rows were rejected (options.max_rejected); the last, row {}: {}",
+            last.row_number, last.error
+        ),
+    ))
+}
+
 /// The position of `row_type` among the arguments: its type is the type of the rows.
 const ROW_TYPE_ARG: usize = 7;
 
@@ -126,7 +182,21 @@ impl Iterator for Rows {
         loop {
             if let Some(row) = self.page.next() {
                 self.number += 1;
-                let datum = self.maker.make(self.number, &row).or_raise();
+                let datum = match self.maker.make(self.number, &row) {
+                    Ok(datum) => datum,
+                    Err(error) => {
+                        let rejected = Rejected {
+                            row_number: self.number as i64,
+                            raw: row,
+                            error: error.message.clone(),
+                            sqlstate: error.state.code(),
+                        };
+                        if reject(rejected) {
+                            continue;
+                        }
+                        super::raise(error)
+                    }
+                };
                 // SAFETY: the Datum was made for exactly this type.
                 return Some(datum.and_then(|d| unsafe {
                     AnyElement::from_polymorphic_datum(d, false, self.maker.typoid())
