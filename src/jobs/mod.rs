@@ -69,6 +69,15 @@ pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
                     "options.max_rejected must be a whole number, 0 or more",
                 ));
             }
+        } else if key == "commit_every" {
+            if !value
+                .as_u64()
+                .is_some_and(|n| (1..=u64::from(u32::MAX)).contains(&n))
+            {
+                return Err(Error::invalid(
+                    "options.commit_every must be a positive number of pages",
+                ));
+            }
         } else {
             return Err(Error::not_supported(format!(
                 "options.{key} is not supported yet"
@@ -76,6 +85,14 @@ pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
         }
     }
     Ok(Some(Value::Object(fetch)))
+}
+
+/// `options.commit_every`: pages a transaction, for runs too big for one.
+pub fn commit_every(options: &Value) -> Option<u32> {
+    options
+        .get("commit_every")
+        .and_then(Value::as_u64)
+        .map(|n| n as u32)
 }
 
 /// `options.max_rejected`: rows that may fail conversion or a constraint, 0 by default.
@@ -265,8 +282,14 @@ mod tests {
         );
         assert!(fetch_options(Some(&json!({"max_rejected": -1}))).is_err());
         assert_eq!(max_rejected(&json!({"max_rejected": 7})), 7);
-        let err = fetch_options(Some(&json!({"commit_every": 10}))).unwrap_err();
-        assert!(err.message.contains("commit_every is not supported yet"));
+        let err = fetch_options(Some(&json!({"commit_every": 0}))).unwrap_err();
+        assert!(
+            err.message
+                .contains("commit_every must be a positive number"),
+            "{}",
+            err.message
+        );
+        assert_eq!(commit_every(&json!({"commit_every": 10})), Some(10));
         let incremental = json!({"incremental": {"cursor_column": "id", "param": "since", "initial": 0}, "retries": 1});
         assert_eq!(
             fetch_options(Some(&incremental)).unwrap(),

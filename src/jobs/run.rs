@@ -2,7 +2,9 @@
 //! the run as running (or skipped), one writes the target and the run's success together (so the
 //! target shows all of a run or none of it), and a failure is recorded in a transaction of its own.
 
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::pg_sys::panic::CaughtError;
@@ -11,9 +13,12 @@ use pgrx::{pg_sys, JsonB};
 
 use super::WriteMethod;
 use crate::error::{Error, SqlState};
+use crate::fetch::{Http, PageStream};
 use crate::sql::fetch::{
-    collect_rejects, rejects, too_many_rejects, track_run, tracked, FetchStats, Rejected,
+    collect_rejects, fetch_spec, next_page, reject, set_chunk, take_rejects, track_run, tracked,
+    Chunk, FetchStats, Rejected,
 };
+use crate::sql::OrRaise;
 
 /// Advisory lock class of job runs ("apis"): one run of a job at a time.
 pub const LOCK_CLASS: i32 = 0x6170_6973;
@@ -76,7 +81,26 @@ struct Written {
     inserted: i64,
     updated: i64,
     deleted: i64,
-    rejected: Vec<Rejected>,
+    rejected: i64,
+}
+
+impl Written {
+    fn add(&mut self, step: &Written) {
+        self.inserted += step.inserted;
+        self.updated += step.updated;
+        self.deleted += step.deleted;
+        self.rejected += step.rejected;
+    }
+}
+
+/// The target table as the writes name it.
+struct Target {
+    /// Qualified and quoted, as `regclass` prints it.
+    name: String,
+    /// Quoted, in order; no dropped or generated columns.
+    columns: Vec<String>,
+    /// The schema of api_fetch (the extension's), quoted.
+    schema: String,
 }
 
 /// The worker's entry point; `bgw_extra` holds "database owner job_id run_id trigger".
@@ -104,13 +128,24 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
     if !started {
         return;
     }
+    // What committed steps wrote, for a run with commit_every that fails part way.
+    let committed = RefCell::new(Written::default());
     let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
-        transaction(|| {
-            let job = load(job_id);
-            track_run(run_id);
-            let written = write(&job);
-            record(run_id, &tracked(), Ok(&written));
-        });
+        let job = transaction(|| load(job_id));
+        track_run(run_id);
+        let max_rejected = super::max_rejected(&job.options.0);
+        if max_rejected > 0 {
+            collect_rejects(max_rejected);
+        }
+        match super::commit_every(&job.options.0) {
+            None => transaction(|| {
+                let target = target_of(&job);
+                let mut written = write(&job, &target, Source::Fetch);
+                written.rejected = save_rejects(run_id);
+                record(run_id, &tracked(), &written, "succeeded", None);
+            }),
+            Some(every) => write_in_steps(run_id, &job, every, &committed),
+        }
         None
     }))
     .catch_others(|caught| Some(describe(caught)))
@@ -119,7 +154,71 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
         log!("apisync run {run_id} failed: {message} (SQLSTATE {sqlstate})");
         // SAFETY: leaves the failed transaction, as a worker's error recovery does.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
-        BackgroundWorker::transaction(|| record(run_id, &tracked(), Err((&message, &sqlstate))));
+        let error = Some((message.as_str(), sqlstate.as_str()));
+        transaction(|| record(run_id, &tracked(), &committed.borrow(), "failed", error));
+    }
+}
+
+/// Where a write takes its rows from.
+enum Source {
+    /// `api_fetch` over the job's arguments, in the statement itself.
+    Fetch,
+    /// The rows of one step of a run with commit_every (`apisync._chunk_rows`).
+    Chunk,
+}
+
+/// A run with `options.commit_every`: `every` pages a transaction, the run row updated with each,
+/// so a failure leaves the steps before it written and says how far the run got.
+fn write_in_steps(run_id: i64, job: &Job, every: u32, committed: &RefCell<Written>) {
+    let (target, spec) = transaction(|| {
+        let target = target_of(job);
+        let (url, body) = incremental_request(job, &target.name);
+        let options = super::fetch_options(Some(&job.options.0)).ok().flatten();
+        let names = crate::spec::secret_names(options.as_ref());
+        let args = crate::spec::RequestArgs {
+            url: Some(&url),
+            method: Some(&job.method),
+            body,
+            headers: Some(job.headers.0.clone()),
+            options,
+            secrets: crate::sql::secrets::lookup(&names),
+        };
+        (
+            target,
+            fetch_spec(args, Some(&job.path), job.paging.as_ref()),
+        )
+    });
+    let columns = spec.columns.clone();
+    let http = Http::get().or_raise();
+    let mut stream = PageStream::start(http, Arc::new(spec)).or_raise();
+    let mut numbered = 0;
+    let mut more = true;
+    while more {
+        let mut rows = Vec::new();
+        for _ in 0..every {
+            match next_page(&http.runtime, &mut stream) {
+                Some(page) => rows.extend(page.rows),
+                None => {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        let count = rows.len() as u64;
+        set_chunk(Chunk {
+            rows,
+            columns: columns.clone(),
+            numbered_after: numbered,
+        });
+        numbered += count;
+        transaction(|| {
+            let mut written = write(job, &target, Source::Chunk);
+            written.rejected = save_rejects(run_id);
+            let mut total = committed.borrow_mut();
+            total.add(&written);
+            let status = if more { "running" } else { "succeeded" };
+            record(run_id, &tracked(), &total, status, None);
+        });
     }
 }
 
@@ -133,19 +232,20 @@ unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
     }
 }
 
-fn transaction(body: impl FnOnce()) {
+fn transaction<R>(body: impl FnOnce() -> R) -> R {
     // SAFETY: a plain transaction of a connected background worker.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    body();
+    let result = body();
     // SAFETY: closes what was opened above.
     unsafe {
         pg_sys::PopActiveSnapshot();
         pg_sys::CommitTransactionCommand();
     }
+    result
 }
 
 /// Takes the job's run lock and records the run as running; without the lock, records it as
@@ -210,12 +310,11 @@ fn load(job_id: i64) -> Job {
     .unwrap_or_else(|e| error!("could not read the job: {e}"))
 }
 
-/// The write method, as SQL over `api_fetch` typed by the target's row type.
-fn write(job: &Job) -> Written {
+fn target_of(job: &Job) -> Target {
     let one = |sql: &str, args: &[pgrx::datum::DatumWithOid]| -> Option<String> {
         Spi::get_one_with_args::<String>(sql, args).unwrap_or_else(|e| error!("{e}"))
     };
-    let target = one("SELECT $1::regclass::text", &[job.target.into()]).unwrap_or_default();
+    let name = one("SELECT $1::regclass::text", &[job.target.into()]).unwrap_or_default();
     let columns: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
         "SELECT array_agg(quote_ident(attname) ORDER BY attnum) FROM pg_attribute
          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
@@ -230,15 +329,35 @@ fn write(job: &Job) -> Written {
         &[],
     )
     .unwrap_or_else(|| "public".into());
+    Target {
+        name,
+        columns,
+        schema,
+    }
+}
+
+/// The write method, as SQL over the rows of `source` typed by the target's row type.
+fn write(job: &Job, target: &Target, source: Source) -> Written {
+    let (schema, columns) = (&target.schema, &target.columns);
+    let target = &target.name;
     let list = columns.join(", ");
-    let (url, body) = incremental_request(job, &target);
-    let fetch = format!("{schema}.api_fetch($1, $2, $3, $4, $5, $6, $7, NULL::{target})");
+    let fetched = match source {
+        Source::Fetch => format!("{schema}.api_fetch($1, $2, $3, $4, $5, $6, $7, NULL::{target})"),
+        Source::Chunk => format!("apisync._chunk_rows(NULL::{target})"),
+    };
+    let (url, body) = match source {
+        Source::Fetch => incremental_request(job, target),
+        Source::Chunk => (String::new(), None),
+    };
     // The stored options minus the job's own.
     let options = super::fetch_options(Some(&job.options.0))
         .ok()
         .flatten()
         .unwrap_or(serde_json::json!({}));
     let args = || -> Vec<pgrx::datum::DatumWithOid<'static>> {
+        if matches!(source, Source::Chunk) {
+            return vec![];
+        }
         vec![
             url.clone().into(),
             job.method.clone().into(),
@@ -259,9 +378,6 @@ fn write(job: &Job) -> Written {
         .unwrap_or_else(|e| error!("{e}"))
     };
     let max_rejected = super::max_rejected(&job.options.0);
-    if max_rejected > 0 {
-        collect_rejects(max_rejected);
-    }
     let mut written = Written::default();
     if job.write == WriteMethod::Replace {
         written.deleted = processed(&format!("DELETE FROM {target}"), false);
@@ -269,7 +385,7 @@ fn write(job: &Job) -> Written {
     if !job.write.uses_keys() && max_rejected == 0 {
         // Straight from the API into the table.
         written.inserted = processed(
-            &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetch}"),
+            &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetched}"),
             true,
         );
         return written;
@@ -289,7 +405,7 @@ fn write(job: &Job) -> Written {
     processed(
         &format!(
             "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
-             SELECT {distinct} {list}, fetched.ordinality AS apisync_row FROM {fetch} WITH ORDINALITY AS fetched {order}"
+             SELECT {distinct} {list}, fetched.ordinality AS apisync_row FROM {fetched} WITH ORDINALITY AS fetched {order}"
         ),
         true,
     );
@@ -301,7 +417,7 @@ fn write(job: &Job) -> Written {
                  ON CONFLICT ({keys}) DO {}
                  RETURNING (t.xmax = 0) AS inserted)
              SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
-            conflict_action(&columns, &job.keys)
+            conflict_action(columns, &job.keys)
         )
     } else {
         format!(
@@ -313,11 +429,10 @@ fn write(job: &Job) -> Written {
         .ok()
         .flatten()
         .unwrap_or(0);
-    let mut constraint_rejects = Vec::new();
     let (inserted, updated) = if max_rejected == 0 {
         write_range(&statement, 1, last)
     } else {
-        write_rejecting(&statement, 1, last, max_rejected, &mut constraint_rejects)
+        write_rejecting(&statement, 1, last)
     };
     written.inserted = inserted;
     written.updated = updated;
@@ -336,9 +451,6 @@ fn write(job: &Job) -> Written {
             false,
         );
     }
-    let mut all_rejects = rejects();
-    all_rejects.extend(constraint_rejects);
-    written.rejected = all_rejects;
     written
 }
 
@@ -377,13 +489,7 @@ fn write_range(statement: &str, first: i64, last: i64) -> (i64, i64) {
 /// `write_range`, setting aside the rows a constraint refuses: a range is tried in one
 /// subtransaction, and a failing range is halved until the failing rows stand alone, so good rows
 /// cost no subtransaction of their own.
-fn write_rejecting(
-    statement: &str,
-    first: i64,
-    last: i64,
-    max: u64,
-    rejected: &mut Vec<Rejected>,
-) -> (i64, i64) {
+fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
     if first > last {
         return (0, 0);
     }
@@ -398,22 +504,19 @@ fn write_rejecting(
             .flatten()
             .map(|j| j.0)
             .unwrap_or(serde_json::Value::Null);
-            let row = Rejected {
+            // Raises once the run has set aside more rows than it may.
+            reject(Rejected {
                 row_number: first,
                 raw,
                 error,
                 sqlstate,
-            };
-            rejected.push(row.clone());
-            if (rejects().len() + rejected.len()) as u64 > max {
-                too_many_rejects(max, &row);
-            }
+            });
             (0, 0)
         }
         Err(_) => {
             let middle = first + (last - first) / 2;
-            let (a, b) = write_rejecting(statement, first, middle, max, rejected);
-            let (c, d) = write_rejecting(statement, middle + 1, last, max, rejected);
+            let (a, b) = write_rejecting(statement, first, middle);
+            let (c, d) = write_rejecting(statement, middle + 1, last);
             (a + c, b + d)
         }
     }
@@ -509,14 +612,18 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
-/// Closes the run row: succeeded with what was written, or failed with (message, SQLSTATE).
-fn record(run_id: i64, stats: &FetchStats, outcome: Result<&Written, (&str, &str)>) {
-    let (status, written, error) = match outcome {
-        Ok(written) => ("succeeded", written, None),
-        Err(error) => ("failed", &Written::default(), Some(error)),
-    };
+/// Updates the run row: `running` (a step of a run with commit_every), `succeeded`, or `failed`
+/// with (message, SQLSTATE); with the counts so far.
+fn record(
+    run_id: i64,
+    stats: &FetchStats,
+    written: &Written,
+    status: &str,
+    error: Option<(&str, &str)>,
+) {
     Spi::run_with_args(
-        "UPDATE apisync.job_runs SET status = $2, finished_at = clock_timestamp(),
+        "UPDATE apisync.job_runs SET status = $2,
+                finished_at = CASE WHEN $2 <> 'running' THEN clock_timestamp() END,
                 requests = $3, pages = $4, bytes = $5, rows_fetched = $6,
                 rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11,
                 rows_rejected = $12
@@ -533,11 +640,16 @@ fn record(run_id: i64, stats: &FetchStats, outcome: Result<&Written, (&str, &str
             written.deleted.into(),
             error.map(|(message, _)| message).into(),
             error.map(|(_, sqlstate)| sqlstate).into(),
-            (written.rejected.len() as i64).into(),
+            written.rejected.into(),
         ],
     )
     .unwrap_or_else(|e| error!("could not record run {run_id}: {e}"));
-    for row in &written.rejected {
+}
+
+/// Saves the rows set aside since the last save into apisync.rejected_rows; returns how many.
+fn save_rejects(run_id: i64) -> i64 {
+    let rows = take_rejects();
+    for row in &rows {
         Spi::run_with_args(
             "INSERT INTO apisync.rejected_rows (run_id, row_number, raw, error, sqlstate, owner)
              SELECT $1, $2, $3, $4, $5, owner FROM apisync.job_runs WHERE run_id = $1",
@@ -551,6 +663,7 @@ fn record(run_id: i64, stats: &FetchStats, outcome: Result<&Written, (&str, &str
         )
         .unwrap_or_else(|e| error!("could not record a rejected row of run {run_id}: {e}"));
     }
+    rows.len() as i64
 }
 
 /// The message and SQLSTATE of a caught error.

@@ -104,6 +104,16 @@ mod apisync {
             }
         }
 
+        if options
+            .as_ref()
+            .and_then(crate::jobs::commit_every)
+            .is_some()
+            && matches!(write, WriteMethod::Replace | WriteMethod::Mirror)
+        {
+            raise(Error::invalid(
+                "options.commit_every works with append and upsert: replace and mirror need the whole run in one transaction",
+            ));
+        }
         if !write.uses_keys() {
             if key_columns.is_some() {
                 raise(Error::invalid(
@@ -172,6 +182,18 @@ mod apisync {
             WriteMethod::Upsert => "upsert",
             WriteMethod::Mirror => "mirror",
         }
+    }
+
+    /// The rows a run with commit_every hands to one of its steps (internal).
+    #[pg_extern(volatile, parallel_unsafe, name = "_chunk_rows")]
+    fn chunk_rows(
+        row_type: Option<pgrx::AnyElement>,
+        fcinfo: pg_sys::FunctionCallInfo,
+    ) -> SetOfIterator<'static, Option<pgrx::AnyElement>> {
+        let _ = row_type; // only its type matters
+                          // SAFETY: fcinfo is this call's, and the argument exists.
+        let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, 0) };
+        crate::sql::fetch::chunk_rows(typoid)
     }
 
     /// Starts a run of job `name` in a background worker running as the job's owner, waits for it

@@ -11,6 +11,7 @@ use tokio::runtime::Runtime;
 
 use super::rows::RowMaker;
 use super::{request_args, OrRaise};
+use crate::extract::RowPath;
 use crate::fetch::{Event, Http, Page, PageStream};
 use crate::spec::{FetchSpec, RequestArgs};
 use crate::{interrupt, settings};
@@ -40,7 +41,7 @@ pub fn tracked() -> FetchStats {
     TRACKED.with(|t| t.borrow().map(|(_, stats)| stats).unwrap_or_default())
 }
 
-fn count_page(page: &Page) {
+pub(crate) fn count_page(page: &Page) {
     TRACKED.with(|t| {
         if let Some((run_id, stats)) = t.borrow_mut().as_mut() {
             stats.pages += 1;
@@ -82,22 +83,34 @@ pub struct Rejected {
     pub sqlstate: String,
 }
 
+/// The rows a run sets aside: at most `max` over the whole run; `rows` not yet saved.
+struct RejectSink {
+    max: u64,
+    seen: u64,
+    rows: Vec<Rejected>,
+}
+
 thread_local! {
-    /// While a run accepts rejects: how many it may set aside, and those set aside so far.
-    static REJECTS: RefCell<Option<(u64, Vec<Rejected>)>> = const { RefCell::new(None) };
+    static REJECTS: RefCell<Option<RejectSink>> = const { RefCell::new(None) };
 }
 
-/// From now on, rows that fail conversion are set aside, up to `max` (then the fetch fails).
+/// From now on, rows that fail are set aside (`reject`), up to `max` in all.
 pub fn collect_rejects(max: u64) {
-    REJECTS.with(|r| *r.borrow_mut() = Some((max, Vec::new())));
+    REJECTS.with(|r| {
+        *r.borrow_mut() = Some(RejectSink {
+            max,
+            seen: 0,
+            rows: Vec::new(),
+        })
+    });
 }
 
-/// The rows set aside so far.
-pub fn rejects() -> Vec<Rejected> {
+/// The rows set aside since the last call, to be saved.
+pub fn take_rejects() -> Vec<Rejected> {
     REJECTS.with(|r| {
-        r.borrow()
-            .as_ref()
-            .map(|(_, rows)| rows.clone())
+        r.borrow_mut()
+            .as_mut()
+            .map(|sink| std::mem::take(&mut sink.rows))
             .unwrap_or_default()
     })
 }
@@ -107,9 +120,10 @@ pub fn rejects() -> Vec<Rejected> {
 pub fn reject(rejected: Rejected) -> bool {
     let over = REJECTS.with(|r| {
         let mut sink = r.borrow_mut();
-        let (max, rows) = sink.as_mut()?;
-        rows.push(rejected.clone());
-        Some((rows.len() as u64 > *max).then_some(*max))
+        let sink = sink.as_mut()?;
+        sink.seen += 1;
+        sink.rows.push(rejected.clone());
+        Some((sink.seen > sink.max).then_some(sink.max))
     });
     match over {
         None => false,
@@ -119,7 +133,7 @@ pub fn reject(rejected: Rejected) -> bool {
 }
 
 /// Fails the run: more than `max` rows were rejected, `last` the last of them.
-pub fn too_many_rejects(max: u64, last: &Rejected) -> ! {
+fn too_many_rejects(max: u64, last: &Rejected) -> ! {
     super::raise(crate::error::Error::new(
         crate::error::SqlState::from_code(&last.sqlstate),
         format!(
@@ -155,24 +169,21 @@ fn api_fetch(
     let http = Http::get().or_raise();
     let stream = PageStream::start(http, Arc::new(spec)).or_raise();
     SetOfIterator::new(Rows {
-        runtime: &http.runtime,
-        stream,
+        stream: Some((&http.runtime, stream)),
         maker,
         page: Vec::new().into_iter(),
         number: 0,
-        finished: false,
     })
 }
 
 /// The rows of the pages, in order. Dropped with the SRF's memory context, which stops the
 /// requests when the query ends early or fails.
 struct Rows {
-    runtime: &'static Runtime,
-    stream: PageStream,
+    /// `None` once the last page is in (or for a chunk, which has no stream).
+    stream: Option<(&'static Runtime, PageStream)>,
     maker: RowMaker,
     page: std::vec::IntoIter<Value>,
     number: u64,
-    finished: bool,
 }
 
 impl Iterator for Rows {
@@ -202,27 +213,67 @@ impl Iterator for Rows {
                     AnyElement::from_polymorphic_datum(d, false, self.maker.typoid())
                 }));
             }
-            if self.finished {
-                return None;
-            }
-            match interrupt::wait(self.runtime, self.stream.next()).or_raise() {
-                Some(event) => match event.or_raise() {
-                    Event::Page(page) => {
-                        count_page(&page);
-                        self.page = page.rows.into_iter();
-                    }
-                    Event::Cut { max_pages } => pgrx::ereport!(
-                        PgLogLevel::WARNING,
-                        PgSqlErrorCode::ERRCODE_WARNING,
-                        format!("api_fetch stopped after {max_pages} pages (max_pages): the data was cut"),
-                        "raise max_pages in the paging spec, or apisync.max_pages"
-                    ),
-                    Event::Finished { pages, reason } => {
-                        pgrx::debug1!("api_fetch: paging ended after {pages} pages: {reason}")
-                    }
-                },
-                None => self.finished = true,
+            let (runtime, stream) = self.stream.as_mut()?;
+            match next_page(runtime, stream) {
+                Some(page) => self.page = page.rows.into_iter(),
+                None => self.stream = None,
             }
         }
     }
+}
+
+/// The next page of `stream`, saying what the other events mean; `None` after the last page.
+pub fn next_page(runtime: &Runtime, stream: &mut PageStream) -> Option<Page> {
+    loop {
+        match interrupt::wait(runtime, stream.next())
+            .or_raise()?
+            .or_raise()
+        {
+            Event::Page(page) => {
+                count_page(&page);
+                return Some(page);
+            }
+            Event::Cut { max_pages } => pgrx::ereport!(
+                PgLogLevel::WARNING,
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!("api_fetch stopped after {max_pages} pages (max_pages): the data was cut"),
+                "raise max_pages in the paging spec, or apisync.max_pages"
+            ),
+            Event::Finished { pages, reason } => {
+                pgrx::debug1!("api_fetch: paging ended after {pages} pages: {reason}")
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The rows a chunked job run hands to `apisync._chunk_rows` for one transaction.
+    static CHUNK: RefCell<Option<Chunk>> = const { RefCell::new(None) };
+}
+
+/// Rows for the next `apisync._chunk_rows` call of this process.
+pub struct Chunk {
+    pub rows: Vec<Value>,
+    pub columns: Vec<(String, RowPath)>,
+    /// The fetch's row number of the row before the first.
+    pub numbered_after: u64,
+}
+
+pub fn set_chunk(chunk: Chunk) {
+    CHUNK.with(|c| *c.borrow_mut() = Some(chunk));
+}
+
+/// The rows of the chunk set by this process's run, typed by `typoid` as api_fetch types them.
+pub fn chunk_rows(typoid: pg_sys::Oid) -> SetOfIterator<'static, Option<AnyElement>> {
+    let chunk = CHUNK.with(|c| c.borrow_mut().take());
+    let Some(chunk) = chunk else {
+        return SetOfIterator::empty();
+    };
+    let maker = RowMaker::new(typoid, chunk.columns).or_raise();
+    SetOfIterator::new(Rows {
+        stream: None,
+        maker,
+        page: chunk.rows.into_iter(),
+        number: chunk.numbered_after,
+    })
 }
