@@ -25,8 +25,8 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static API: OnceLock<DevApi> = OnceLock::new();
-/// The data directory to remove at exit (the statics above are never dropped).
-static CLEANUP: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The data directories to stop and remove at exit (the statics above are never dropped).
+static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// The shared cluster of this test binary, with `CREATE EXTENSION pg_apisync` done.
 pub fn cluster() -> &'static Cluster {
@@ -47,6 +47,17 @@ pub fn cluster() -> &'static Cluster {
             .expect("CREATE EXTENSION pg_apisync");
         cluster
     })
+}
+
+/// A cluster of the calling test's own, for faults that would disturb the others (restarts,
+/// dropped databases), with `CREATE EXTENSION pg_apisync` done; stopped at exit.
+pub fn private_cluster() -> Cluster {
+    let cluster = Cluster::start();
+    cluster
+        .connect()
+        .batch_execute("CREATE EXTENSION pg_apisync")
+        .expect("CREATE EXTENSION pg_apisync");
+    cluster
 }
 
 /// The shared devapi server of this test binary.
@@ -98,9 +109,13 @@ impl Cluster {
             dir.display()
         );
         append(&dir.join("postgresql.conf"), &conf);
-        *CLEANUP.lock().unwrap() = Some(dir.clone());
-        // SAFETY: registering a plain extern "C" fn without captures.
-        unsafe { libc::atexit(stop_at_exit) };
+        let mut cleanup = CLEANUP.lock().unwrap();
+        if cleanup.is_empty() {
+            // SAFETY: registering a plain extern "C" fn without captures.
+            unsafe { libc::atexit(stop_at_exit) };
+        }
+        cleanup.push(dir.clone());
+        drop(cleanup);
         run_as_postgres(
             Command::new(bindir().join("pg_ctl"))
                 .args(["-D"])
@@ -115,6 +130,19 @@ impl Cluster {
 
     pub fn connect(&self) -> Client {
         self.connect_as("postgres")
+    }
+
+    /// `pg_ctl restart -m fast`: every session and worker ends, the launcher starts again.
+    pub fn restart(&self) {
+        run_as_postgres(
+            Command::new(bindir().join("pg_ctl"))
+                .args(["-D"])
+                .arg(&self.dir)
+                .args(["-l"])
+                .arg(self.dir.join("server.log"))
+                .args(["-m", "fast", "-w", "-t", "60", "restart"]),
+            "pg_ctl restart",
+        );
     }
 
     pub fn connect_as(&self, role: &str) -> Client {
@@ -160,16 +188,19 @@ impl Cluster {
 }
 
 extern "C" fn stop_at_exit() {
-    let Some(dir) = CLEANUP.lock().ok().and_then(|mut d| d.take()) else {
-        return;
-    };
-    let _ = run_quietly_as_postgres(
-        Command::new(bindir().join("pg_ctl"))
-            .args(["-D"])
-            .arg(&dir)
-            .args(["-m", "immediate", "stop"]),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    let dirs = CLEANUP
+        .lock()
+        .map(|mut d| std::mem::take(&mut *d))
+        .unwrap_or_default();
+    for dir in dirs {
+        let _ = run_quietly_as_postgres(
+            Command::new(bindir().join("pg_ctl"))
+                .args(["-D"])
+                .arg(&dir)
+                .args(["-m", "immediate", "stop"]),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn free_port() -> u16 {
