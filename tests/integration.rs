@@ -1422,6 +1422,32 @@ mod scheduler {
     }
 
     #[test]
+    fn an_api_that_is_down_fails_its_runs_and_the_schedule_goes_on() {
+        let mut client = connect_as("api_user");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let down = format!(
+            "http://127.0.0.1:{}/x",
+            listener.local_addr().unwrap().port()
+        );
+        drop(listener);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE down (id bigint);
+                 SELECT apisync.create_job('down', 'down', {}, options => '{{\"retries\": 0}}', schedule => '1 seconds')",
+                lit(&down)
+            ))
+            .unwrap();
+        let failed = "SELECT count(*) FROM apisync.job_runs WHERE job_name = 'down' AND status = 'failed' AND sqlstate = '08001'";
+        assert!(
+            eventually(&mut client, failed, 3, 20) >= 3,
+            "three scheduled runs failed, one after another"
+        );
+        client
+            .batch_execute("SELECT apisync.alter_job('down', enabled => false)")
+            .unwrap();
+    }
+
+    #[test]
     fn a_killed_run_worker_fails_its_run_and_the_next_run_works() {
         let mut client = connect_as("api_user");
         client
@@ -1787,6 +1813,16 @@ mod faults {
             .unwrap()
             .get(0);
         assert_eq!(status, "succeeded");
+
+        // The job belongs to a superuser: with the setting off it does not run.
+        let (code, message, _) = sql_error(client.batch_execute(
+            "SET apisync.enable_superuser_jobs = off; SELECT apisync.run_job('restarted')",
+        ));
+        assert_eq!(code, "42501");
+        assert!(
+            message.contains("apisync.enable_superuser_jobs is off"),
+            "{message}"
+        );
     }
 
     #[test]
