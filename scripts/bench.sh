@@ -1,70 +1,101 @@
 #!/usr/bin/env bash
-# Ingest benchmark (not a test): the same rows loaded three ways into the same table, each run
-# ROUNDS times on a throwaway cluster; prints medians and ratios against COPY measured in this run.
-#   ROWS=100000 ROUNDS=3 scripts/bench.sh
+# Ingest benchmark (not a test): the same rows loaded every way into the same table on a throwaway
+# cluster, each ROUNDS times; prints medians and ratios against baselines measured in this run.
+#   ROWS=1000000 PAGE=10000 ROUNDS=3 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ROWS=${ROWS:-100000}
+ROWS=${ROWS:-1000000}
+PAGE=${PAGE:-10000}
 ROUNDS=${ROUNDS:-3}
+PAGES=$(( (ROWS + PAGE - 1) / PAGE ))
 
 scripts/setup.sh
 build_release
 start_api
 start_cluster
-page="$api_url/rows?n=$ROWS"
+rows_url="$api_url/rows?n=$PAGE&total=$ROWS"
+paging="{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": $PAGE, \"total_path\": \"\$.total\"}"
+fetch="api_fetch('$rows_url', path => '\$.data', paging => '$paging', row_type => NULL::t)"
 
 psql_run -q <<SQL
 CREATE EXTENSION pg_apisync;
-CREATE TABLE t (id bigint, name text, score numeric, email text, created_at timestamptz, active boolean, tags text[]);
--- The CSV for COPY holds exactly the rows the API serves.
-INSERT INTO t SELECT * FROM api_fetch('$page', path => '\$.data', row_type => NULL::t);
+CREATE TABLE t (id bigint PRIMARY KEY, name text, score numeric, email text, created_at timestamptz, active boolean, tags text[]);
+-- The CSV for COPY holds exactly the rows the API serves (this also warms devapi's page cache).
+INSERT INTO t SELECT * FROM $fetch;
 COPY t TO '$work/rows.csv' (FORMAT csv);
 TRUNCATE t;
+SELECT apisync.create_job('append', 't', '$rows_url', path => '\$.data', paging => '$paging');
+SELECT apisync.create_job('upsert', 't', '$rows_url', path => '\$.data', paging => '$paging', write_method => 'upsert');
+CREATE PROCEDURE plain_sql() LANGUAGE plpgsql AS \$\$
+BEGIN
+    FOR page IN 0..$PAGES - 1 LOOP
+        INSERT INTO t SELECT * FROM jsonb_populate_recordset(NULL::t,
+            (SELECT body_json->'data' FROM api_request('$rows_url&offset=' || page * $PAGE)));
+    END LOOP;
+END
+\$\$;
 SQL
 
-# Milliseconds of one statement, after emptying the table.
+# Milliseconds of the statements after the first (which prepare), in one session.
 timed() {
-    psql_run -q -c "TRUNCATE t" -c '\timing on' -c "$1" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -n 1
+    local prepare=$1
+    shift
+    local args=(-q -c "$prepare" -c '\timing on')
+    for sql in "$@"; do args+=(-c "$sql"); done
+    psql_run "${args[@]}" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{ s += $1 } END { print s }'
 }
-
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 declare -A result
 run() {
-    local label=$1 sql=$2 times=()
-    for _ in $(seq "$ROUNDS"); do times+=("$(timed "$sql")"); done
+    local label=$1 prepare=$2
+    shift 2
+    local times=()
+    for _ in $(seq "$ROUNDS"); do times+=("$(timed "$prepare" "$@")"); done
     result[$label]=$(printf '%s\n' "${times[@]}" | median)
 }
 
-server_ms=$(for _ in $(seq "$ROUNDS"); do curl -s -o /dev/null -w '%{time_total}\n' "$page"; done | median | awk '{ printf "%.1f", $1 * 1000 }')
-run copy "COPY t FROM '$work/rows.csv' (FORMAT csv)"
-run plain_sql "INSERT INTO t SELECT * FROM jsonb_populate_recordset(NULL::t, (SELECT body_json->'data' FROM api_request('$page')))"
-run api_fetch "INSERT INTO t SELECT * FROM api_fetch('$page', path => '\$.data', row_type => NULL::t)"
+server_ms=$(for _ in $(seq "$ROUNDS"); do curl -s -o /dev/null -w '%{time_total}\n' "$rows_url&offset=0"; done | median | awk '{ printf "%.1f", $1 * 1000 }')
+run copy "TRUNCATE t" "COPY t FROM '$work/rows.csv' (FORMAT csv)"
+run plain "TRUNCATE t" "CALL plain_sql()"
+run fetch "TRUNCATE t" "INSERT INTO t SELECT * FROM $fetch"
+run job_append "TRUNCATE t" "SELECT apisync.run_job('append')"
+# Upserts find every row there already, with one column changed: the update path.
+changed="TRUNCATE t; COPY t FROM '$work/rows.csv' (FORMAT csv); UPDATE t SET name = name || '*'"
+run on_conflict "$changed" "CREATE TEMP TABLE f (LIKE t); COPY f FROM '$work/rows.csv' (FORMAT csv); INSERT INTO t SELECT * FROM f ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, score = EXCLUDED.score, email = EXCLUDED.email, created_at = EXCLUDED.created_at, active = EXCLUDED.active, tags = EXCLUDED.tags"
+run job_upsert "$changed" "SELECT apisync.run_job('upsert')"
 
-rows_loaded=$(psql_run -tA -c "SELECT count(*) FROM t")
+# 1,000 pages of 10 rows, each answered after 20 ms.
+slow="$api_url/rows?n=10&total=10000&ms=20"
+slow_paging() { echo "{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": 10, \"total_path\": \"\$.total\", \"concurrency\": $1}"; }
+latency_1=$(timed "SELECT 1" "SELECT count(*) FROM api_fetch('$slow', path => '\$.data', paging => '$(slow_paging 1)')")
+latency_8=$(timed "SELECT 1" "SELECT count(*) FROM api_fetch('$slow', path => '\$.data', paging => '$(slow_paging 8)')")
 
-# 100 pages that each take 100 ms to answer, fetched one at a time and eight at a time.
-slow="$api_url/slowpages?pages=100&size=10&ms=100"
-paged() {
-    echo "SELECT count(*) FROM api_fetch('$slow', path => '\$.data', paging => '{\"type\": \"page_number\", \"page_param\": \"page\", \"total_pages_path\": \"\$.total_pages\", \"concurrency\": $1}')"
+# Peak resident memory (VmHWM) of a fresh backend that fetches and converts every row. Without an
+# INSERT: the shared buffers an insert touches would count as the backend's and hide the pipeline.
+peak_kb() {
+    psql_run -qtA -c "SELECT count(*) FROM api_fetch('$api_url/rows?n=$PAGE&total=$1', path => '\$.data', paging => '{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": $PAGE, \"total_path\": \"\$.total\"}', row_type => NULL::t)" \
+        -c "SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+)'))[1]" | tail -n 1
 }
-concurrency_1=$(timed "$(paged 1)")
-concurrency_8=$(timed "$(paged 8)")
+peak_small=$(peak_kb $(( ROWS / 10 )))
+peak_large=$(peak_kb "$ROWS")
+
+ratio() { echo "$1 $2" | awk '{ printf "%.2f", $1 / $2 }'; }
 echo
-echo "ingest of $rows_loaded rows (id, name, score numeric, email, created_at timestamptz, active, tags text[]), one page from loopback"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $("$PG_BIN/postgres" --version); median of $ROUNDS"
-echo "devapi serves the page in ${server_ms} ms (curl)"
-printf '%-52s %10s %8s\n' "method" "ms" "vs COPY"
-for label in copy plain_sql api_fetch; do
-    case $label in
-        copy) name="COPY from a CSV file" ;;
-        plain_sql) name="api_request + jsonb_populate_recordset" ;;
-        api_fetch) name="INSERT ... SELECT * FROM api_fetch(row_type)" ;;
-    esac
-    printf '%-52s %10.1f %7.2fx\n' "$name" "${result[$label]}" "$(echo "${result[$label]} ${result[copy]}" | awk '{ print $1 / $2 }')"
-done
+echo "== pg_apisync ingest benchmark: $ROWS rows in pages of $PAGE from loopback, median of $ROUNDS"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $("$PG_BIN/postgres" --version)"
+echo "rows: id bigint, name text, score numeric, email text, created_at timestamptz, active boolean, tags text[]"
+echo "devapi serves one page in ${server_ms} ms"
 echo
-echo "100 pages of 100 ms each (one run each)"
-printf '%-52s %10.1f\n' "api_fetch, concurrency 1" "$concurrency_1"
-printf '%-52s %10.1f %7.2fx faster\n' "api_fetch, concurrency 8" "$concurrency_8" "$(echo "$concurrency_1 $concurrency_8" | awk '{ print $1 / $2 }')"
+printf '| %-58s | %9s | %s |\n' "method" "ms" "ratio"
+printf '| %-58s | %9s | %s |\n' "---" "---:" "---"
+printf '| %-58s | %9.0f | %s |\n' "1. COPY from a CSV file" "${result[copy]}" "1.00 (the floor)"
+printf '| %-58s | %9.0f | %s |\n' "2. api_request per page + jsonb_populate_recordset" "${result[plain]}" "$(ratio "${result[plain]}" "${result[copy]}")× COPY"
+printf '| %-58s | %9.0f | %s |\n' "3. INSERT ... SELECT * FROM api_fetch(row_type)" "${result[fetch]}" "$(ratio "${result[fetch]}" "${result[copy]}")× COPY (goal ≤ 1.3); $(ratio "${result[plain]}" "${result[fetch]}")× faster than 2. (goal ≥ 2)"
+printf '| %-58s | %9.0f | %s |\n' "4a. run_job, append" "${result[job_append]}" "$(ratio "${result[job_append]}" "${result[copy]}")× COPY (goal ≤ 1.5)"
+printf '| %-58s | %9.0f | %s |\n' "4b. INSERT ... ON CONFLICT from a file (COPY + upsert)" "${result[on_conflict]}" "1.00 (the upsert floor)"
+printf '| %-58s | %9.0f | %s |\n' "4c. run_job, upsert" "${result[job_upsert]}" "$(ratio "${result[job_upsert]}" "${result[on_conflict]}")× 4b (goal ≤ 1.2)"
+printf '| %-58s | %9.0f | %s |\n' "5a. 1,000 pages × 20 ms, concurrency 1" "$latency_1" ""
+printf '| %-58s | %9.0f | %s |\n' "5b. 1,000 pages × 20 ms, concurrency 8" "$latency_8" "$(ratio "$latency_1" "$latency_8")× faster than 5a (goal ≥ 6)"
+printf '| %-58s | %9s | %s |\n' "6a. peak backend memory (VmHWM), $(( ROWS / 10 )) rows" "${peak_small} kB" ""
+printf '| %-58s | %9s | %s |\n' "6b. peak backend memory (VmHWM), $ROWS rows" "${peak_large} kB" "$(ratio "$peak_large" "$peak_small")× 6a (goal ≤ 1.5)"

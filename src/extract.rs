@@ -197,3 +197,131 @@ mod tests {
         }
     }
 }
+
+/// Microseconds since 2000-01-01 00:00 UTC (Postgres's timestamp epoch) of an ISO 8601 text in
+/// the strict form APIs send: `YYYY-MM-DD[T ]HH:MM:SS[.ffffff][Z|±HH[:MM]]`. With `zoned`, the
+/// offset is required and applied (timestamptz); without, it must be absent (timestamp). Anything
+/// else — other forms, more than six fraction digits, leap seconds — is `None`, and the caller
+/// leaves it to Postgres's own parser, so the result is always what Postgres would give.
+pub fn iso8601_micros(text: &str, zoned: bool) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        part.iter().try_fold(0i64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if year < 1 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut at = 19;
+    let mut micros = 0i64;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        let mut end = start;
+        while end < b.len() && b[end].is_ascii_digit() {
+            end += 1;
+        }
+        if end == start || end - start > 6 {
+            return None;
+        }
+        micros = digits(start..end)? * 10i64.pow((6 - (end - start)) as u32);
+        at = end;
+    }
+    let offset_seconds = match b.get(at) {
+        None if !zoned => 0,
+        Some(b'Z' | b'z') if zoned && at + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if zoned => {
+            let hours = digits(at + 1..at + 3)?;
+            let minutes = match b.len() - (at + 3) {
+                0 => 0,
+                3 if b[at + 3] == b':' => digits(at + 4..at + 6)?,
+                2 => digits(at + 3..at + 5)?,
+                _ => return None,
+            };
+            if hours > 15 || minutes > 59 {
+                return None;
+            }
+            let seconds = hours * 3600 + minutes * 60;
+            if *sign == b'+' {
+                seconds
+            } else {
+                -seconds
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day) - days_from_civil(2000, 1, 1);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
+    Some(seconds * 1_000_000 + micros)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::iso8601_micros;
+
+    #[test]
+    fn strict_iso8601_forms() {
+        let utc = |s| iso8601_micros(s, true);
+        assert_eq!(utc("2000-01-01T00:00:00Z"), Some(0));
+        assert_eq!(utc("2000-01-01T00:00:00.5Z"), Some(500_000));
+        assert_eq!(utc("2000-01-01 05:30:00+05:30"), Some(0));
+        assert_eq!(utc("1999-12-31T19:00:00-0500"), Some(0));
+        assert_eq!(utc("2024-03-01T12:34:56+05"), Some(762_593_696_000_000));
+        assert_eq!(utc("2024-02-29T00:00:00Z"), Some(762_480_000_000_000));
+        assert_eq!(utc("1970-01-01T00:00:00Z"), Some(-946_684_800_000_000));
+        for left_to_postgres in [
+            "2023-02-29T00:00:00Z",
+            "2024-03-01T12:34:56",
+            "2024-03-01T24:00:00Z",
+            "2024-03-01T12:34:60Z",
+            "2024-03-01T12:34:56.1234567Z",
+            "2024-03-01",
+            "March 1 2024",
+            "2024-03-01T12:34:56 PST",
+            "0000-01-01T00:00:00Z",
+            "2024-03-01T12:34:56+16:00",
+        ] {
+            assert_eq!(utc(left_to_postgres), None, "{left_to_postgres}");
+        }
+        assert_eq!(
+            iso8601_micros("2000-01-02T00:00:00", false),
+            Some(86_400_000_000)
+        );
+        assert_eq!(iso8601_micros("2000-01-02T00:00:00Z", false), None);
+    }
+}

@@ -37,7 +37,7 @@ struct State {
     /// Requests by path (without the query string).
     by_path: Mutex<HashMap<String, u64>>,
     /// Generated `/rows` pages, by (offset, count): generating must not be what a benchmark measures.
-    pages: Mutex<HashMap<(u64, u64), Bytes>>,
+    pages: Mutex<HashMap<(u64, u64, u64), Bytes>>,
     /// Requests seen per `/flaky/{key}`.
     flaky: Mutex<HashMap<String, u64>>,
     oauth: Mutex<shapes::Tokens>,
@@ -230,7 +230,13 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             Bytes::from_static(data::TYPE_FIXTURE.as_bytes()),
         ),
         ["rows"] => {
-            let body = state.page(number("offset", 0), number("n", 100));
+            // Generated rows of the benchmark's shape: `n` from `offset`, of `total` in all (no
+            // more rows past it), after `ms` of latency.
+            let total = number("total", u64::MAX);
+            let offset = number("offset", 0).min(total);
+            let count = number("n", 100).min(total - offset);
+            tokio::time::sleep(Duration::from_millis(number("ms", 0))).await;
+            let body = state.page(offset, count, total);
             bytes_response(StatusCode::OK, "application/json", body)
         }
         ["slow"] => {
@@ -279,13 +285,14 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
 }
 
 impl State {
-    fn page(&self, offset: u64, count: u64) -> Bytes {
+    fn page(&self, offset: u64, count: u64, total: u64) -> Bytes {
         let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
         pages
-            .entry((offset, count))
+            .entry((offset, count, total))
             .or_insert_with(|| {
                 let rows: Vec<Value> = (offset..offset + count).map(data::bench_row).collect();
-                Bytes::from(serde_json::to_vec(&json!({"data": rows, "total": count})).unwrap())
+                let total = if total == u64::MAX { count } else { total };
+                Bytes::from(serde_json::to_vec(&json!({"data": rows, "total": total})).unwrap())
             })
             .clone()
     }

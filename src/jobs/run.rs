@@ -382,10 +382,17 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     if job.write == WriteMethod::Replace {
         written.deleted = processed(&format!("DELETE FROM {target}"), false);
     }
+    // The set-returning call sits in a select list, where rows stream one by one; in FROM,
+    // Postgres would first copy every row into a tuplestore.
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|c| format!("(f.apisync_r).{c}"))
+        .collect();
+    let fields = fields.join(", ");
     if !job.write.uses_keys() && max_rejected == 0 {
         // Straight from the API into the table.
         written.inserted = processed(
-            &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetched}"),
+            &format!("INSERT INTO {target} ({list}) SELECT {fields} FROM (SELECT {fetched} AS apisync_r) f"),
             true,
         );
         return written;
@@ -397,7 +404,7 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     let (distinct, order) = if job.write.uses_keys() {
         (
             format!("DISTINCT ON ({keys})"),
-            format!("ORDER BY {keys}, fetched.ordinality DESC"),
+            format!("ORDER BY {keys}, f.apisync_n DESC"),
         )
     } else {
         (String::new(), String::new())
@@ -405,7 +412,9 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     processed(
         &format!(
             "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
-             SELECT {distinct} {list}, fetched.ordinality AS apisync_row FROM {fetched} WITH ORDINALITY AS fetched {order}"
+             SELECT {distinct} {fields}, f.apisync_n AS apisync_row
+             FROM (SELECT apisync_r, row_number() OVER () AS apisync_n FROM (SELECT {fetched} AS apisync_r) f0) f
+             {order}"
         ),
         true,
     );

@@ -2,7 +2,7 @@
 //! per-row SQL and no jsonb round trip. Common types have fast paths; every other type goes
 //! through its own input function, so domains, enums, numerics and dates behave as in SQL.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use pgrx::pg_sys::{self, panic::CaughtError, Datum, Oid};
@@ -10,7 +10,7 @@ use pgrx::{IntoDatum, PgTupleDesc};
 use serde_json::Value;
 
 use crate::error::{snippet, Error, Result, SqlState};
-use crate::extract::RowPath;
+use crate::extract::{iso8601_micros, RowPath};
 use crate::spec::json_kind;
 
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).
@@ -55,6 +55,8 @@ struct Converter {
     kind: Kind,
     input: Box<pg_sys::FmgrInfo>,
     ioparam: Oid,
+    /// The text handed to the input function, NUL-terminated; reused from value to value.
+    text: Vec<u8>,
 }
 
 enum Kind {
@@ -65,7 +67,10 @@ enum Kind {
     Float8,
     Bool,
     Text,
-    Timestamp,
+    /// timestamp (`zoned` false) and timestamptz.
+    Timestamp {
+        zoned: bool,
+    },
     /// json and jsonb: any value, as JSON text.
     Json,
     Array(Box<ArrayElement>),
@@ -266,7 +271,8 @@ impl Converter {
             pg_sys::BOOLOID => Kind::Bool,
             pg_sys::TEXTOID => Kind::Text,
             pg_sys::VARCHAROID if typmod < 0 => Kind::Text,
-            pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID if typmod < 0 => Kind::Timestamp,
+            pg_sys::TIMESTAMPOID if typmod < 0 => Kind::Timestamp { zoned: false },
+            pg_sys::TIMESTAMPTZOID if typmod < 0 => Kind::Timestamp { zoned: true },
             pg_sys::JSONOID | pg_sys::JSONBOID => Kind::Json,
             _ => {
                 // SAFETY: catalog lookups on the backend thread.
@@ -293,6 +299,7 @@ impl Converter {
             kind,
             input,
             ioparam,
+            text: Vec::new(),
         })
     }
 
@@ -320,7 +327,12 @@ impl Converter {
             (Kind::Bool, Value::Bool(b)) => Some(Datum::from(*b)),
             (Kind::Text, Value::String(s)) => Some(text_datum(s)?),
             (Kind::Text, other) => Some(text_datum(&other.to_string())?),
-            (Kind::Timestamp, Value::Number(n)) => n.as_f64().and_then(epoch_seconds_to_timestamp),
+            (Kind::Timestamp { .. }, Value::Number(n)) => {
+                n.as_f64().and_then(epoch_seconds_to_timestamp)
+            }
+            (Kind::Timestamp { zoned }, Value::String(s)) => iso8601_micros(s, *zoned)
+                .filter(|micros| TIMESTAMP_RANGE_US.contains(micros))
+                .map(Datum::from),
             (Kind::Array(_), Value::Array(items)) => Some(self.array(items)?),
             _ => None,
         };
@@ -372,15 +384,25 @@ impl Converter {
     /// (and every value for json/jsonb) as JSON text. Its ERROR is caught and re-raised with the
     /// row and column by the caller.
     fn input(&mut self, value: &Value) -> Result<Datum, Failure> {
-        let text = match (value, &self.kind) {
-            (Value::String(s), kind) if !matches!(kind, Kind::Json) => s.clone(),
-            _ => value.to_string(),
-        };
-        let text = CString::new(text).map_err(|_| Failure::nul())?;
+        self.text.clear();
+        match (value, &self.kind) {
+            (Value::String(s), kind) if !matches!(kind, Kind::Json) => {
+                self.text.extend_from_slice(s.as_bytes())
+            }
+            _ => serde_json::to_writer(&mut self.text, value).map_err(|e| Failure {
+                state: SqlState::Internal,
+                reason: e.to_string(),
+            })?,
+        }
+        if self.text.contains(&0) {
+            return Err(Failure::nul());
+        }
+        self.text.push(0);
         let (input, ioparam, typmod) = (&mut *self.input, self.ioparam, self.typmod);
+        let text = self.text.as_mut_ptr().cast::<std::ffi::c_char>();
         let called = catch_unwind(AssertUnwindSafe(|| unsafe {
             // SAFETY: a valid FmgrInfo for the type's input function and a NUL-terminated string.
-            pg_sys::InputFunctionCall(input, text.as_ptr().cast_mut(), ioparam, typmod)
+            pg_sys::InputFunctionCall(input, text, ioparam, typmod)
         }));
         match called {
             Ok(datum) => Ok(datum),
