@@ -303,9 +303,14 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
     if response.status == 204 {
         return Ok(None);
     }
-    let text = String::from_utf8_lossy(&response.body);
-    let trimmed = text.trim_start();
-    if trimmed.is_empty() {
+    // The first byte that is not white space tells empty and HTML apart, without a pass over the
+    // whole body.
+    let first = response
+        .body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied();
+    if first.is_none() {
         return Err(Error::new(
             SqlState::InvalidJsonText,
             format!("response from {url} has an empty body, not JSON"),
@@ -314,7 +319,7 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
     serde_json::from_slice(&response.body)
         .map(Some)
         .map_err(|e| {
-            let error = if trimmed.starts_with('<') {
+            let error = if first == Some(b'<') {
                 Error::new(
                     SqlState::InvalidJsonText,
                     format!("response from {url} is HTML, not JSON"),

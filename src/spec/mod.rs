@@ -110,7 +110,7 @@ pub struct OAuth2 {
 pub struct FetchSpec {
     pub request: RequestSpec,
     pub path: RowPath,
-    /// `options.columns`: column name → JSONPath relative to the row, in the order given.
+    /// `options.columns`: column name → JSONPath relative to the row.
     pub columns: Vec<(String, RowPath)>,
     /// None: one request.
     pub paging: Option<Paging>,
@@ -1071,7 +1071,12 @@ mod tests {
             ..Default::default()
         };
         let spec = FetchSpec::parse(with_columns, "$.data", None, &limits()).unwrap();
-        let names: Vec<&str> = spec.columns.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["b", "a"]);
+        let mut mapped: Vec<(&str, &str)> = spec
+            .columns
+            .iter()
+            .map(|(name, path)| (name.as_str(), path.text()))
+            .collect();
+        mapped.sort();
+        assert_eq!(mapped, [("a", "$.z"), ("b", "$.x.y")]);
     }
 }
