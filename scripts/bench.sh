@@ -13,7 +13,8 @@ PAGES=$(( (ROWS + PAGE - 1) / PAGE ))
 scripts/setup.sh
 build_release
 start_api
-start_cluster
+# No checkpoint in the middle of a measurement: each starts right after one.
+start_cluster "max_wal_size = '20GB'" "checkpoint_timeout = '1h'"
 rows_url="$api_url/rows?n=$PAGE&total=$ROWS"
 paging="{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": $PAGE, \"total_path\": \"\$.total\"}"
 fetch="api_fetch('$rows_url', path => '\$.data', paging => '$paging', row_type => NULL::t)"
@@ -41,7 +42,7 @@ SQL
 timed() {
     local prepare=$1
     shift
-    local args=(-q -c "$prepare" -c '\timing on')
+    local args=(-q -c "$prepare" -c "CHECKPOINT" -c '\timing on')
     for sql in "$@"; do args+=(-c "$sql"); done
     psql_run "${args[@]}" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{ s += $1 } END { print s }'
 }

@@ -36,7 +36,8 @@ start_api() {
     [ -n "$api_url" ] || { cat "$work/api.out"; return 1; }
 }
 
-# initdb + start, pg_apisync and pg_cron preloaded, listening only on a socket in $work.
+# initdb + start, pg_apisync and pg_cron preloaded, listening only on a socket in $work; the
+# arguments are extra postgresql.conf lines.
 start_cluster() {
     [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$work"
     as_postgres "$PG_BIN/initdb" -D "$work/data" -U postgres -A trust -E UTF8 --no-locale >/dev/null
@@ -46,6 +47,7 @@ unix_socket_directories = '$work'
 shared_preload_libraries = 'pg_apisync,pg_cron'
 cron.database_name = 'postgres'
 CONF
+    for line in "$@"; do echo "$line" >>"$work/data/postgresql.conf"; done
     as_postgres "$PG_BIN/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
 }
 
