@@ -315,30 +315,22 @@ mod tests {
         let at = chrono::Utc
             .with_ymd_and_hms(2026, 12, 1, 10, 2, 30)
             .unwrap();
-        let next = Schedule::parse("*/5 * * * *")
-            .unwrap()
-            .next_after(at)
-            .unwrap();
-        assert_eq!(
-            next,
-            chrono::Utc.with_ymd_and_hms(2026, 12, 1, 10, 5, 0).unwrap()
-        );
-        let next = Schedule::parse("30 seconds")
-            .unwrap()
-            .next_after(at)
-            .unwrap();
-        assert_eq!(
-            next,
-            chrono::Utc.with_ymd_and_hms(2026, 12, 1, 10, 3, 0).unwrap()
-        );
-        let next = Schedule::parse("0 3 * * 1")
-            .unwrap()
-            .next_after(at)
-            .unwrap();
-        assert_eq!(
-            next,
-            chrono::Utc.with_ymd_and_hms(2026, 12, 7, 3, 0, 0).unwrap()
-        );
+        let utc = |d, h, m, sec| {
+            chrono::Utc
+                .with_ymd_and_hms(2026, 12, d, h, m, sec)
+                .unwrap()
+        };
+        for (schedule, due) in [
+            ("*/5 * * * *", utc(1, 10, 5, 0)),
+            ("30 seconds", utc(1, 10, 3, 0)),
+            ("0 3 * * 1", utc(7, 3, 0, 0)),
+        ] {
+            assert_eq!(
+                Schedule::parse(schedule).unwrap().next_after(at),
+                Some(due),
+                "{schedule}"
+            );
+        }
         for bad in [
             "* * * *",
             "61 * * * *",
