@@ -167,14 +167,14 @@ impl Launcher {
         if self.workers.len() >= limit {
             return; // due; tried again next round
         }
+        // This occurrence is taken, run or not.
+        job.next = job.schedule.next_after(now).unwrap_or(now);
         // SAFETY: a catalog lookup inside the round's transaction.
         if unsafe { pg_sys::superuser_arg(owner) } && !settings::ENABLE_SUPERUSER_JOBS.get() {
             let message = format!("apisync job \"{name}\" is owned by a superuser and apisync.enable_superuser_jobs is off: not run");
-            job.next = job.schedule.next_after(now).unwrap_or(now);
             self.warn_once(job_id, message);
             return;
         }
-        job.next = job.schedule.next_after(now).unwrap_or(now);
         match crate::jobs::run::start_worker(job_id, name, owner, "schedule", None) {
             Ok((worker, _)) => self.workers.push(worker),
             Err(e) => warning!("apisync job \"{name}\": {}", e.message),

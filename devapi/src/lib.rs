@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +32,6 @@ type Body = BoxBody<Bytes, std::io::Error>;
 /// Shared by all connections.
 #[derive(Default)]
 struct State {
-    requests: AtomicU64,
     /// Requests by path (without the query string).
     by_path: Mutex<HashMap<String, u64>>,
     /// Generated `/rows` pages, by (offset, count): generating must not be what a benchmark measures.
@@ -93,11 +91,6 @@ impl DevApi {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Requests served so far.
-    pub fn requests(&self) -> u64 {
-        self.state.requests.load(Ordering::SeqCst)
-    }
-
     /// Requests served so far for `path` (without the query string), whatever their answer.
     pub fn requests_to(&self, path: &str) -> u64 {
         let counts = self.state.by_path.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +136,6 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 }
 
 async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
-    state.requests.fetch_add(1, Ordering::SeqCst);
     let query = parse_query(request.uri().query().unwrap_or(""));
     let path = request.uri().path().to_string();
     *state

@@ -22,14 +22,31 @@ pub enum WriteMethod {
 }
 
 impl WriteMethod {
+    const ALL: [WriteMethod; 4] = [
+        WriteMethod::Append,
+        WriteMethod::Replace,
+        WriteMethod::Upsert,
+        WriteMethod::Mirror,
+    ];
+
     pub fn parse(text: &str) -> Result<WriteMethod> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "append" => Ok(WriteMethod::Append),
-            "replace" => Ok(WriteMethod::Replace),
-            "upsert" => Ok(WriteMethod::Upsert),
-            "mirror" => Ok(WriteMethod::Mirror),
-            other => Err(Error::invalid(format!("unknown write_method \"{other}\""))
-                .with_hint("one of append, replace, upsert, mirror")),
+        let text = text.trim().to_ascii_lowercase();
+        WriteMethod::ALL
+            .into_iter()
+            .find(|w| w.name() == text)
+            .ok_or_else(|| {
+                Error::invalid(format!("unknown write_method \"{text}\""))
+                    .with_hint("one of append, replace, upsert, mirror")
+            })
+    }
+
+    /// The name SQL uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMethod::Append => "append",
+            WriteMethod::Replace => "replace",
+            WriteMethod::Upsert => "upsert",
+            WriteMethod::Mirror => "mirror",
         }
     }
 
@@ -172,15 +189,7 @@ pub fn check_no_inline_credentials(headers: Option<&Value>, options: Option<&Val
     let hint = "store it with apisync.create_secret(name, value) and give {\"secret\": name}";
     if let Some(Value::Object(headers)) = headers {
         if let Some(name) = headers.keys().find(|name| {
-            let lower = name.to_ascii_lowercase();
-            [
-                "authorization",
-                "proxy-authorization",
-                "cookie",
-                "x-api-key",
-                "api-key",
-            ]
-            .contains(&lower.as_str())
+            crate::spec::CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str())
         }) {
             return Err(Error::invalid(format!(
                 "a job cannot keep the credential header \"{name}\""

@@ -159,7 +159,7 @@ mod apisync {
             raise(
                 Error::invalid(format!(
                     "{} needs a unique index on ({})",
-                    write_name(write),
+                    write.name(),
                     keys.join(", ")
                 ))
                 .with_hint("create one, or give the key_columns of an existing unique index"),
@@ -173,15 +173,6 @@ mod apisync {
             .ok()
             .flatten()
             .unwrap_or_default()
-    }
-
-    fn write_name(write: WriteMethod) -> &'static str {
-        match write {
-            WriteMethod::Append => "append",
-            WriteMethod::Replace => "replace",
-            WriteMethod::Upsert => "upsert",
-            WriteMethod::Mirror => "mirror",
-        }
     }
 
     /// The rows a run with commit_every hands to one of its steps (internal).

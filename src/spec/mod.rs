@@ -414,8 +414,9 @@ fn parse_url(url: Option<&str>) -> Result<Url> {
     Ok(parsed)
 }
 
-/// Headers whose values are credentials: kept out of errors like auth values.
-const CREDENTIAL_HEADERS: [&str; 5] = [
+/// Headers whose values are credentials (lower case): kept out of errors like auth values, and out
+/// of job rows.
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
     "authorization",
     "proxy-authorization",
     "cookie",
