@@ -147,7 +147,25 @@ fn too_many_rejects(max: u64, last: &Rejected) -> ! {
 const ROW_TYPE_ARG: usize = 7;
 
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION api_fetch(
+    url text,
+    method text DEFAULT 'GET',
+    body jsonb DEFAULT NULL,
+    path text DEFAULT '$',
+    headers jsonb DEFAULT '{}',
+    paging jsonb DEFAULT NULL,
+    options jsonb DEFAULT '{}',
+    row_type anyelement DEFAULT NULL::jsonb
+) RETURNS SETOF anyelement
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_fetch_dispatch';
+"#
+)]
 fn api_fetch(
     url: Option<&str>,
     method: default!(Option<&str>, "'GET'"),
@@ -161,44 +179,167 @@ fn api_fetch(
 ) -> SetOfIterator<'static, Option<AnyElement>> {
     let _ = row_type; // only its type matters
     let args = request_args(url, method, body, headers, options);
-    let spec = fetch_spec(args, path, paging.as_ref());
+    SetOfIterator::new(start(fcinfo, args, path, paging.as_ref()))
+}
+
+/// Checks the call and starts the requests.
+fn start(
+    fcinfo: pg_sys::FunctionCallInfo,
+    args: RequestArgs<'_>,
+    path: Option<&str>,
+    paging: Option<&JsonB>,
+) -> Rows {
+    let spec = fetch_spec(args, path, paging);
     // SAFETY: fcinfo is this call's, and the argument exists.
     let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
     let columns = spec.columns.clone();
     let maker = RowMaker::new(typoid, columns).or_raise();
     let http = Http::get().or_raise();
     let stream = PageStream::start(http, Arc::new(spec)).or_raise();
-    SetOfIterator::new(Rows {
-        stream: Some((&http.runtime, stream)),
+    Rows {
+        runtime: &http.runtime,
+        stream: Some(stream),
         maker,
-        page: Vec::new().into_iter(),
+        page: Vec::new(),
+        at: 0,
         number: 0,
-    })
+    }
+}
+
+/// `api_fetch`'s entry point. In FROM, PostgreSQL stores every row of a set-returning function
+/// in a tuplestore before the query reads any, and says it would rather the function filled the
+/// store itself (SFRM_Materialize_Preferred): then rows go straight in, with no tuple formed and
+/// copied per row. Elsewhere (a select list, which streams and where a LIMIT stops the paging)
+/// rows go one per call, through pgrx's wrapper of `api_fetch`.
+///
+/// # Safety
+/// Called by PostgreSQL as a version-1 C function.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn api_fetch_dispatch(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is PostgreSQL's; resultinfo, when set, is a node.
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+        let preferred = !rsinfo.is_null()
+            && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo
+            && (*rsinfo).allowedModes
+                & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Preferred as i32
+                != 0;
+        if preferred {
+            materialize(fcinfo, rsinfo)
+        } else {
+            api_fetch_wrapper(fcinfo)
+        }
+    }
+}
+
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_api_fetch_dispatch() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Rows converted per reset of their memory context when filling a tuplestore.
+const ROWS_PER_RESET: u64 = 1024;
+
+/// Fills a tuplestore with every row, the materialize protocol of set-returning functions.
+///
+/// # Safety
+/// fcinfo is api_fetch's call; rsinfo its ReturnSetInfo, which allows SFRM_Materialize.
+unsafe fn materialize(
+    fcinfo: pg_sys::FunctionCallInfo,
+    rsinfo: *mut pg_sys::ReturnSetInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the arguments are api_fetch's, by position.
+    let mut rows = unsafe {
+        let text = |n| pgrx::pg_getarg::<&str>(fcinfo, n);
+        let json = |n| pgrx::pg_getarg::<JsonB>(fcinfo, n);
+        let args = request_args(text(0), text(1), json(2), json(4), json(6));
+        start(fcinfo, args, text(3), json(5).as_ref())
+    };
+    // SAFETY: the store and its descriptor live in the query's memory, as the protocol asks;
+    // converted values in a context of their own, reset as rows are stored (the store copies).
+    unsafe {
+        let query_memory = (*(*rsinfo).econtext).ecxt_per_query_memory;
+        let caller = pg_sys::MemoryContextSwitchTo(query_memory);
+        let random = (*rsinfo).allowedModes
+            & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32
+            != 0;
+        let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+        let tupdesc = pg_sys::CreateTupleDescCopy(rows.maker.tupdesc());
+        let values = pg_sys::AllocSetContextCreateExtended(
+            caller,
+            c"api_fetch rows".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        pg_sys::MemoryContextSwitchTo(values);
+        while rows.advance() {
+            rows.maker.put(store);
+            if rows.number % ROWS_PER_RESET == 0 {
+                pg_sys::MemoryContextReset(values);
+            }
+        }
+        pg_sys::MemoryContextSwitchTo(caller);
+        pg_sys::MemoryContextDelete(values);
+        (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
+        (*rsinfo).setResult = store;
+        (*rsinfo).setDesc = tupdesc;
+        drop(rows);
+        (*fcinfo).isnull = true;
+        pg_sys::Datum::from(0)
+    }
 }
 
 /// The rows of the pages, in order. Dropped with the SRF's memory context, which stops the
 /// requests when the query ends early or fails.
 struct Rows {
+    runtime: &'static Runtime,
     /// `None` once the last page is in (or for a chunk, which has no stream).
-    stream: Option<(&'static Runtime, PageStream)>,
+    stream: Option<PageStream>,
     maker: RowMaker,
-    page: std::vec::IntoIter<Value>,
+    /// The page being read, `at` its next row. Rows stay in place until the whole page is read,
+    /// then the page is freed on the runtime, the thread that allocated it: freeing a page's
+    /// many small allocations here cost a third of this thread's time (glibc arena locks).
+    page: Vec<Value>,
+    at: usize,
     number: u64,
 }
 
-impl Iterator for Rows {
-    type Item = Option<AnyElement>;
+impl Rows {
+    fn next_page(&mut self, rows: Vec<Value>) {
+        let done = std::mem::replace(&mut self.page, rows);
+        self.at = 0;
+        if !done.is_empty() {
+            self.runtime.spawn(async move { drop(done) });
+        }
+    }
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl Drop for Rows {
+    fn drop(&mut self) {
+        self.next_page(Vec::new());
+    }
+}
+
+impl Rows {
+    /// Converts the next row into the maker's values: rows that fail are set aside when the run
+    /// collects rejects, and raise otherwise. `false` after the last row.
+    fn advance(&mut self) -> bool {
         loop {
-            if let Some(row) = self.page.next() {
+            if let Some(row) = self.page.get(self.at) {
+                self.at += 1;
                 self.number += 1;
-                let datum = match self.maker.make(self.number, &row) {
-                    Ok(datum) => datum,
+                match self.maker.fill(self.number, row) {
+                    Ok(()) => return true,
                     Err(error) => {
                         let rejected = Rejected {
                             row_number: self.number as i64,
-                            raw: row,
+                            raw: row.clone(),
                             error: error.message.clone(),
                             sqlstate: error.state.code(),
                         };
@@ -207,18 +348,33 @@ impl Iterator for Rows {
                         }
                         super::raise(error)
                     }
-                };
-                // SAFETY: the Datum was made for exactly this type.
-                return Some(datum.and_then(|d| unsafe {
-                    AnyElement::from_polymorphic_datum(d, false, self.maker.typoid())
-                }));
+                }
             }
-            let (runtime, stream) = self.stream.as_mut()?;
-            match next_page(runtime, stream) {
-                Some(page) => self.page = page.rows.into_iter(),
-                None => self.stream = None,
+            let Some(stream) = self.stream.as_mut() else {
+                return false;
+            };
+            match next_page(self.runtime, stream) {
+                Some(page) => self.next_page(page.rows),
+                None => {
+                    self.stream = None;
+                    self.next_page(Vec::new());
+                }
             }
         }
+    }
+}
+
+impl Iterator for Rows {
+    type Item = Option<AnyElement>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.advance() {
+            return None;
+        }
+        // SAFETY: the Datum was made for exactly this type.
+        Some(self.maker.datum().and_then(|d| unsafe {
+            AnyElement::from_polymorphic_datum(d, false, self.maker.typoid())
+        }))
     }
 }
 
@@ -271,9 +427,11 @@ pub fn chunk_rows(typoid: pg_sys::Oid) -> SetOfIterator<'static, Option<AnyEleme
     };
     let maker = RowMaker::new(typoid, chunk.columns).or_raise();
     SetOfIterator::new(Rows {
+        runtime: &Http::get().or_raise().runtime,
         stream: None,
         maker,
-        page: chunk.rows.into_iter(),
+        page: chunk.rows,
+        at: 0,
         number: chunk.numbered_after,
     })
 }

@@ -19,10 +19,17 @@ const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 const TIMESTAMP_RANGE_US: std::ops::Range<i64> =
     -211_813_488_000_000_000..9_223_371_331_200_000_000;
 
-/// Builds one Datum per JSON row.
+/// Converts JSON rows, one at a time, into the values of the requested row type: as one Datum
+/// (`datum`) or straight into a tuplestore (`put`).
 pub struct RowMaker {
     typoid: Oid,
     shape: Shape,
+    /// The row's columns (one for a non-composite type), in the SRF's multi-call memory context:
+    /// lives as long as this maker.
+    tupdesc: pg_sys::TupleDesc,
+    /// The converted row: one value per column of `tupdesc`.
+    values: Vec<Datum>,
+    nulls: Vec<bool>,
 }
 
 enum Shape {
@@ -33,11 +40,7 @@ enum Shape {
 
 struct Composite {
     type_name: String,
-    /// A copy in the SRF's multi-call memory context: lives as long as this maker.
-    tupdesc: pg_sys::TupleDesc,
     columns: Vec<Column>,
-    values: Vec<Datum>,
-    nulls: Vec<bool>,
 }
 
 struct Column {
@@ -111,37 +114,108 @@ impl RowMaker {
                     type_name(typoid)
                 )));
             }
-            return Ok(RowMaker {
-                typoid,
-                shape: Shape::Scalar(Converter::new(typoid, -1)?),
-            });
+            let converter = Converter::new(typoid, -1)?;
+            // SAFETY: a one-column descriptor in the current (multi-call) context.
+            let tupdesc = unsafe {
+                let tupdesc = pg_sys::CreateTemplateTupleDesc(1);
+                pg_sys::TupleDescInitEntry(tupdesc, 1, c"api_fetch".as_ptr(), typoid, -1, 0);
+                tupdesc
+            };
+            return Ok(RowMaker::with(typoid, tupdesc, Shape::Scalar(converter)));
         }
-        Ok(RowMaker {
+        // SAFETY: a copy of the type's descriptor in the current (multi-call) context.
+        let tupdesc = unsafe { pg_sys::lookup_rowtype_tupdesc_copy(typoid, -1) };
+        let composite = Composite::new(typoid, tupdesc, columns)?;
+        Ok(RowMaker::with(typoid, tupdesc, Shape::Composite(composite)))
+    }
+
+    fn with(typoid: Oid, tupdesc: pg_sys::TupleDesc, shape: Shape) -> RowMaker {
+        // SAFETY: a valid descriptor.
+        let width = unsafe { (*tupdesc).natts } as usize;
+        RowMaker {
             typoid,
-            shape: Shape::Composite(Composite::new(typoid, columns)?),
-        })
+            shape,
+            tupdesc,
+            values: vec![Datum::from(0); width],
+            nulls: vec![true; width],
+        }
     }
 
     pub fn typoid(&self) -> Oid {
         self.typoid
     }
 
-    /// The Datum for `row` (1-based `number` for messages); `None` is a NULL row.
-    pub fn make(&mut self, number: u64, row: &Value) -> Result<Option<Datum>> {
+    /// The descriptor of the rows `put` stores.
+    pub fn tupdesc(&self) -> pg_sys::TupleDesc {
+        self.tupdesc
+    }
+
+    /// Converts `row` (1-based `number` for messages) into this maker's values. Values that are
+    /// not passed by value are allocated in the current memory context.
+    pub fn fill(&mut self, number: u64, row: &Value) -> Result<()> {
         match &mut self.shape {
-            Shape::Scalar(converter) => converter.convert(row).map_err(|failure| {
-                failure.at(format!("api_fetch row {number}"), row, converter.typoid)
-            }),
-            Shape::Composite(composite) => composite.make(number, row).map(Some),
+            Shape::Scalar(converter) => {
+                let converted = converter.convert(row).map_err(|failure| {
+                    failure.at(format!("api_fetch row {number}"), row, converter.typoid)
+                })?;
+                self.nulls[0] = converted.is_none();
+                self.values[0] = converted.unwrap_or(Datum::from(0));
+                Ok(())
+            }
+            Shape::Composite(composite) => {
+                composite.fill(number, row, &mut self.values, &mut self.nulls)
+            }
         }
+    }
+
+    /// The last filled row as one Datum (a composite's tuple is formed in the current memory
+    /// context); `None` is a NULL row.
+    pub fn datum(&mut self) -> Option<Datum> {
+        match self.shape {
+            Shape::Scalar(_) => (!self.nulls[0]).then_some(self.values[0]),
+            // SAFETY: values/nulls have one entry per attribute of tupdesc.
+            Shape::Composite(_) => unsafe {
+                let tuple = pg_sys::heap_form_tuple(
+                    self.tupdesc,
+                    self.values.as_mut_ptr(),
+                    self.nulls.as_mut_ptr(),
+                );
+                Some(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+            },
+        }
+    }
+
+    /// Adds the last filled row to `store`, whose rows are described by `tupdesc()`.
+    ///
+    /// # Safety
+    /// `store` is a live tuplestore.
+    pub unsafe fn put(&mut self, store: *mut pg_sys::Tuplestorestate) {
+        // SAFETY: values/nulls have one entry per attribute of tupdesc.
+        unsafe {
+            pg_sys::tuplestore_putvalues(
+                store,
+                self.tupdesc,
+                self.values.as_mut_ptr(),
+                self.nulls.as_mut_ptr(),
+            )
+        }
+    }
+
+    /// The Datum for `row` (1-based `number` for messages); `None` is a NULL row.
+    #[cfg(any(test, feature = "pg_test"))]
+    pub fn make(&mut self, number: u64, row: &Value) -> Result<Option<Datum>> {
+        self.fill(number, row)?;
+        Ok(self.datum())
     }
 }
 
 impl Composite {
-    fn new(typoid: Oid, mut mapped: Vec<(String, RowPath)>) -> Result<Composite> {
-        // SAFETY: a copy of the type's descriptor in the current (multi-call) context; the view
-        // below does not free it.
-        let tupdesc = unsafe { pg_sys::lookup_rowtype_tupdesc_copy(typoid, -1) };
+    fn new(
+        typoid: Oid,
+        tupdesc: pg_sys::TupleDesc,
+        mut mapped: Vec<(String, RowPath)>,
+    ) -> Result<Composite> {
+        // SAFETY: the view does not free the descriptor.
         let view = unsafe { PgTupleDesc::from_pg_unchecked(tupdesc) };
         let mut columns = Vec::with_capacity(view.len());
         for attribute in view.iter() {
@@ -176,17 +250,16 @@ impl Composite {
                 ),
             ));
         }
-        let width = columns.len();
-        Ok(Composite {
-            type_name,
-            tupdesc,
-            columns,
-            values: vec![Datum::from(0); width],
-            nulls: vec![true; width],
-        })
+        Ok(Composite { type_name, columns })
     }
 
-    fn make(&mut self, number: u64, row: &Value) -> Result<Datum> {
+    fn fill(
+        &mut self,
+        number: u64,
+        row: &Value,
+        values: &mut [Datum],
+        nulls: &mut [bool],
+    ) -> Result<()> {
         let object = row.as_object();
         if object.is_none()
             && self
@@ -209,7 +282,7 @@ impl Composite {
         }
         for (i, column) in self.columns.iter_mut().enumerate() {
             let Some(converter) = column.converter.as_mut() else {
-                self.nulls[i] = true;
+                nulls[i] = true;
                 continue;
             };
             let picked = match &column.path {
@@ -234,19 +307,10 @@ impl Composite {
                 })?,
                 None => None,
             };
-            self.nulls[i] = converted.is_none();
-            self.values[i] = converted.unwrap_or(Datum::from(0));
+            nulls[i] = converted.is_none();
+            values[i] = converted.unwrap_or(Datum::from(0));
         }
-        // SAFETY: values/nulls have one entry per attribute of tupdesc; the tuple is allocated
-        // in the current (per-row) memory context.
-        unsafe {
-            let tuple = pg_sys::heap_form_tuple(
-                self.tupdesc,
-                self.values.as_mut_ptr(),
-                self.nulls.as_mut_ptr(),
-            );
-            Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
-        }
+        Ok(())
     }
 }
 
