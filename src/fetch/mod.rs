@@ -1,6 +1,7 @@
 //! HTTP on tokio. Knows nothing of Postgres: the backend thread starts a `PageStream` and takes
 //! pages from its bounded channel; the tokio side requests, parses and selects rows.
 
+pub mod compact;
 pub(crate) mod http;
 mod oauth;
 mod pager;
@@ -18,6 +19,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use compact::{Compact, Plan};
 pub use http::{send, Response};
 use pager::{Pager, Step};
 use policy::{NetworkPolicy, PolicyResolver};
@@ -114,9 +116,42 @@ fn block_signals() {
 /// One page of rows, with what it cost.
 #[derive(Debug)]
 pub struct Page {
-    pub rows: Vec<Value>,
+    pub rows: PageRows,
     pub bytes: usize,
     pub requests: u32,
+}
+
+/// A page's rows: as JSON values, or in cells when the fetch has a plan and the page fits it.
+#[derive(Debug)]
+pub enum PageRows {
+    Values(Vec<Value>),
+    Compact(Compact),
+}
+
+impl PageRows {
+    pub fn len(&self) -> usize {
+        match self {
+            PageRows::Values(rows) => rows.len(),
+            PageRows::Compact(page) => page.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_values(self) -> Vec<Value> {
+        match self {
+            PageRows::Values(rows) => rows,
+            PageRows::Compact(page) => page.into_values(),
+        }
+    }
+}
+
+impl Default for PageRows {
+    fn default() -> Self {
+        PageRows::Values(Vec::new())
+    }
 }
 
 /// What crosses the channel: pages in order, then possibly the news that `max_pages` cut the data.
@@ -142,11 +177,17 @@ pub struct PageStream {
 }
 
 impl PageStream {
-    pub fn start(http: &Http, spec: Arc<FetchSpec>) -> Result<PageStream> {
+    /// Starts fetching; with a `plan`, pages that fit it are parsed into cells.
+    pub fn start(http: &Http, spec: Arc<FetchSpec>, plan: Option<Plan>) -> Result<PageStream> {
         let client = http.client(&spec.request.policy)?;
         let (tx, rx) = mpsc::channel(PAGE_BUFFER);
         let task = http.runtime.spawn(async move {
-            if let Err(error) = produce(&client, &spec, &tx).await {
+            let fetch = Fetch {
+                client: &client,
+                spec: &spec,
+                plan: plan.as_ref(),
+            };
+            if let Err(error) = produce(fetch, &tx).await {
                 // A closed channel means the reader is gone: nothing left to do.
                 let _ = tx.send(Err(error)).await;
             }
@@ -171,10 +212,19 @@ type Sender = mpsc::Sender<Result<Event>>;
 /// The reader went away: stop quietly.
 struct Closed;
 
+/// What every page of one fetch shares.
+#[derive(Clone, Copy)]
+struct Fetch<'a> {
+    client: &'a Client,
+    spec: &'a FetchSpec,
+    plan: Option<&'a Plan>,
+}
+
 /// Fetches every page of `spec` in order into `tx`.
-async fn produce(client: &Client, spec: &FetchSpec, tx: &Sender) -> Result<()> {
+async fn produce(fetch: Fetch<'_>, tx: &Sender) -> Result<()> {
+    let spec = fetch.spec;
     let Some(paging) = &spec.paging else {
-        let (page, _) = fetch_page(client, spec, &spec.request, None).await?;
+        let (page, _) = fetch_page(fetch, &spec.request, None).await?;
         let _ = tx.send(Ok(Event::Page(page))).await;
         return Ok(());
     };
@@ -182,7 +232,7 @@ async fn produce(client: &Client, spec: &FetchSpec, tx: &Sender) -> Result<()> {
     let mut request = pager.request_at(0);
     let mut index: u64 = 0;
     loop {
-        let (page, facts) = fetch_page(client, spec, &request, Some(&pager)).await?;
+        let (page, facts) = fetch_page(fetch, &request, Some(&pager)).await?;
         let rows = page.rows.len();
         let count = (index == 0 && spec.concurrency > 1)
             .then(|| pager.page_count(&facts))
@@ -204,7 +254,7 @@ async fn produce(client: &Client, spec: &FetchSpec, tx: &Sender) -> Result<()> {
             return Ok(());
         }
         if let Some(count) = count {
-            return concurrent(client, spec, &pager, count, tx).await;
+            return concurrent(fetch, &pager, count, tx).await;
         }
         request = *next;
         index += 1;
@@ -212,19 +262,14 @@ async fn produce(client: &Client, spec: &FetchSpec, tx: &Sender) -> Result<()> {
 }
 
 /// Pages 2..=count of an addressable kind, `spec.concurrency` at a time, delivered in order.
-async fn concurrent(
-    client: &Client,
-    spec: &FetchSpec,
-    pager: &Pager<'_>,
-    count: u64,
-    tx: &Sender,
-) -> Result<()> {
+async fn concurrent(fetch: Fetch<'_>, pager: &Pager<'_>, count: u64, tx: &Sender) -> Result<()> {
+    let spec = fetch.spec;
     let last = count.min(u64::from(spec.max_pages));
     let mut pages = stream::iter(1..last)
         .map(|index| {
             let request = pager.request_at(index);
             let page: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(async move { fetch_page(client, spec, &request, None).await });
+                Box::pin(async move { fetch_page(fetch, &request, None).await });
             page
         })
         .buffered(spec.concurrency as usize);
@@ -262,18 +307,29 @@ async fn deliver(tx: &Sender, page: Page) -> std::result::Result<(), Closed> {
 
 /// One page: request, parse, read the paging facts, take the rows.
 async fn fetch_page(
-    client: &Client,
-    spec: &FetchSpec,
+    fetch: Fetch<'_>,
     request: &RequestSpec,
     pager: Option<&Pager<'_>>,
 ) -> Result<(Page, pager::PageFacts)> {
-    let response = send(client, request).await?;
+    let mut response = send(fetch.client, request).await?;
     let bytes = response.body.len();
-    let doc = parse_document(&response, request)?;
-    let facts = pager
-        .map(|p| p.facts(doc.as_ref(), &response.headers, &response.final_url))
-        .unwrap_or_default();
-    let rows = doc.map(|doc| spec.path.rows(doc)).unwrap_or_default();
+    let facts = |doc: Option<&Value>, response: &Response| {
+        pager
+            .map(|p| p.facts(doc, &response.headers, &response.final_url))
+            .unwrap_or_default()
+    };
+    let (rows, facts) = match fetch.plan.filter(|_| (200..300).contains(&response.status)) {
+        Some(plan) if response.status != 204 => {
+            match compact::parse(std::mem::take(&mut response.body), plan) {
+                Ok((doc, page)) => (PageRows::Compact(page), facts(Some(&doc), &response)),
+                Err(body) => {
+                    response.body = body;
+                    general(fetch.spec, &response, request, facts)?
+                }
+            }
+        }
+        _ => general(fetch.spec, &response, request, facts)?,
+    };
     Ok((
         Page {
             rows,
@@ -282,6 +338,19 @@ async fn fetch_page(
         },
         facts,
     ))
+}
+
+/// A page's rows as JSON values, and its paging facts.
+fn general(
+    spec: &FetchSpec,
+    response: &Response,
+    request: &RequestSpec,
+    facts: impl Fn(Option<&Value>, &Response) -> pager::PageFacts,
+) -> Result<(PageRows, pager::PageFacts)> {
+    let doc = parse_document(response, request)?;
+    let facts = facts(doc.as_ref(), response);
+    let rows = doc.map(|doc| spec.path.rows(doc)).unwrap_or_default();
+    Ok((PageRows::Values(rows), facts))
 }
 
 /// The JSON document of a successful response; `None` for 204 No Content.

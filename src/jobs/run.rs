@@ -190,14 +190,14 @@ fn write_in_steps(run_id: i64, job: &Job, every: u32, committed: &RefCell<Writte
     });
     let columns = spec.columns.clone();
     let http = Http::get().or_raise();
-    let mut stream = PageStream::start(http, Arc::new(spec)).or_raise();
+    let mut stream = PageStream::start(http, Arc::new(spec), None).or_raise();
     let mut numbered = 0;
     let mut more = true;
     while more {
         let mut rows = Vec::new();
         for _ in 0..every {
             match next_page(&http.runtime, &mut stream) {
-                Some(page) => rows.extend(page.rows),
+                Some(page) => rows.extend(page.rows.into_values()),
                 None => {
                     more = false;
                     break;

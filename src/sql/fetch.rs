@@ -12,7 +12,8 @@ use tokio::runtime::Runtime;
 use super::rows::RowMaker;
 use super::{request_args, OrRaise};
 use crate::extract::RowPath;
-use crate::fetch::{Event, Http, Page, PageStream};
+use crate::fetch::compact::Plan;
+use crate::fetch::{Event, Http, Page, PageRows, PageStream};
 use crate::spec::{FetchSpec, RequestArgs};
 use crate::{interrupt, settings};
 
@@ -194,13 +195,16 @@ fn start(
     let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
     let columns = spec.columns.clone();
     let maker = RowMaker::new(typoid, columns).or_raise();
+    let plan = maker
+        .layout()
+        .and_then(|layout| Plan::new(layout, &spec.path, spec.paging.as_ref()));
     let http = Http::get().or_raise();
-    let stream = PageStream::start(http, Arc::new(spec)).or_raise();
+    let stream = PageStream::start(http, Arc::new(spec), plan).or_raise();
     Rows {
         runtime: &http.runtime,
         stream: Some(stream),
         maker,
-        page: Vec::new(),
+        page: PageRows::default(),
         at: 0,
         number: 0,
     }
@@ -305,13 +309,13 @@ struct Rows {
     /// The page being read, `at` its next row. Rows stay in place until the whole page is read,
     /// then the page is freed on the runtime, the thread that allocated it: freeing a page's
     /// many small allocations here cost a third of this thread's time (glibc arena locks).
-    page: Vec<Value>,
+    page: PageRows,
     at: usize,
     number: u64,
 }
 
 impl Rows {
-    fn next_page(&mut self, rows: Vec<Value>) {
+    fn next_page(&mut self, rows: PageRows) {
         let done = std::mem::replace(&mut self.page, rows);
         self.at = 0;
         if !done.is_empty() {
@@ -322,7 +326,7 @@ impl Rows {
 
 impl Drop for Rows {
     fn drop(&mut self) {
-        self.next_page(Vec::new());
+        self.next_page(PageRows::default());
     }
 }
 
@@ -331,15 +335,24 @@ impl Rows {
     /// collects rejects, and raise otherwise. `false` after the last row.
     fn advance(&mut self) -> bool {
         loop {
-            if let Some(row) = self.page.get(self.at) {
+            if self.at < self.page.len() {
+                let at = self.at;
                 self.at += 1;
                 self.number += 1;
-                match self.maker.fill(self.number, row) {
+                let filled = match &self.page {
+                    PageRows::Values(rows) => self.maker.fill(self.number, &rows[at]),
+                    PageRows::Compact(page) => self.maker.fill_compact(self.number, page, at),
+                };
+                match filled {
                     Ok(()) => return true,
                     Err(error) => {
+                        let raw = match &self.page {
+                            PageRows::Values(rows) => rows[at].clone(),
+                            PageRows::Compact(page) => page.row_value(at),
+                        };
                         let rejected = Rejected {
                             row_number: self.number as i64,
-                            raw: row.clone(),
+                            raw,
                             error: error.message.clone(),
                             sqlstate: error.state.code(),
                         };
@@ -357,7 +370,7 @@ impl Rows {
                 Some(page) => self.next_page(page.rows),
                 None => {
                     self.stream = None;
-                    self.next_page(Vec::new());
+                    self.next_page(PageRows::default());
                 }
             }
         }
@@ -430,7 +443,7 @@ pub fn chunk_rows(typoid: pg_sys::Oid) -> SetOfIterator<'static, Option<AnyEleme
         runtime: &Http::get().or_raise().runtime,
         stream: None,
         maker,
-        page: chunk.rows,
+        page: PageRows::Values(chunk.rows),
         at: 0,
         number: chunk.numbered_after,
     })

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{snippet, Error, Result, SqlState};
 use crate::extract::{iso8601_micros, RowPath};
+use crate::fetch::compact::{Cell, Compact, Layout, Want};
 use crate::spec::json_kind;
 
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).
@@ -143,6 +144,47 @@ impl RowMaker {
 
     pub fn typoid(&self) -> Oid {
         self.typoid
+    }
+
+    /// What the rows' columns want, for pages parsed into cells: `None` unless the rows are of a
+    /// composite type whose columns are all taken by key.
+    pub fn layout(&self) -> Option<Layout> {
+        let Shape::Composite(composite) = &self.shape else {
+            return None;
+        };
+        if composite.columns.iter().any(|c| c.path.is_some()) {
+            return None;
+        }
+        Some(Layout::new(composite.columns.iter().map(|column| {
+            let want = column
+                .converter
+                .as_ref()
+                .map_or(Want::Skip, Converter::want);
+            (column.name.clone(), want)
+        })))
+    }
+
+    /// `fill` for row `row` of a page in cells.
+    pub fn fill_compact(&mut self, number: u64, page: &Compact, row: usize) -> Result<()> {
+        let (Shape::Composite(composite), Some(cells)) = (&mut self.shape, page.cells(row)) else {
+            return self.fill(number, &page.row_value(row));
+        };
+        for (i, column) in composite.columns.iter_mut().enumerate() {
+            let Some(converter) = column.converter.as_mut() else {
+                self.nulls[i] = true;
+                continue;
+            };
+            let converted = converter.convert_cell(&cells[i], page).map_err(|failure| {
+                failure.at(
+                    format!("api_fetch row {number}, column \"{}\"", column.name),
+                    &page.value(&cells[i]),
+                    converter.typoid,
+                )
+            })?;
+            self.nulls[i] = converted.is_none();
+            self.values[i] = converted.unwrap_or(Datum::from(0));
+        }
+        Ok(())
     }
 
     /// The descriptor of the rows `put` stores.
@@ -367,6 +409,61 @@ impl Converter {
         })
     }
 
+    /// What this converter wants of a value parsed into cells.
+    fn want(&self) -> Want {
+        match &self.kind {
+            Kind::Json if self.typoid == pg_sys::JSONBOID => Want::Json,
+            Kind::Array(element) => Want::Array(Box::new(element.converter.want())),
+            _ => Want::Scalar,
+        }
+    }
+
+    /// `convert` for a cell: the same result, without a JSON value for the common cases.
+    fn convert_cell(&mut self, cell: &Cell, page: &Compact) -> Result<Option<Datum>, Failure> {
+        let fast = match (&self.kind, *cell) {
+            (_, Cell::Missing | Cell::Null) => return Ok(None),
+            (Kind::Int2, Cell::Int(v)) => i16::try_from(v).ok().map(Datum::from),
+            (Kind::Int4, Cell::Int(v)) => i32::try_from(v).ok().map(Datum::from),
+            (Kind::Int8, Cell::Int(v)) => Some(Datum::from(v)),
+            (Kind::Bool, Cell::Bool(b)) => Some(Datum::from(b)),
+            (Kind::Text, Cell::Str(span) | Cell::Number(span) | Cell::Json(span)) => {
+                Some(text_datum(page.text(span))?)
+            }
+            (Kind::Timestamp { zoned }, Cell::Str(span)) => iso8601_micros(page.text(span), *zoned)
+                .filter(|micros| TIMESTAMP_RANGE_US.contains(micros))
+                .map(Datum::from),
+            (Kind::Json, Cell::Json(span)) => Some(self.input_text(page.text(span))?),
+            (Kind::Input, Cell::Str(span) | Cell::Number(span)) => {
+                Some(self.input_text(page.text(span))?)
+            }
+            (Kind::Array(_), Cell::Array { start, len }) => {
+                Some(self.array_cells(page.elements(start, len), page)?)
+            }
+            _ => None,
+        };
+        match fast {
+            Some(datum) => Ok(Some(datum)),
+            None => self.convert(&page.value(cell)),
+        }
+    }
+
+    fn array_cells(&mut self, items: &[Cell], page: &Compact) -> Result<Datum, Failure> {
+        let Kind::Array(element) = &mut self.kind else {
+            unreachable!("array_cells() is only called for array kinds")
+        };
+        let mut values = Vec::with_capacity(items.len());
+        let mut nulls = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let converted = element
+                .converter
+                .convert_cell(item, page)
+                .map_err(|f| f.element(i))?;
+            nulls.push(converted.is_none());
+            values.push(converted.unwrap_or(Datum::from(0)));
+        }
+        Ok(element.construct(&mut values, &mut nulls))
+    }
+
     /// JSON null is SQL NULL; anything the fast path does not take goes to the input function.
     fn convert(&mut self, value: &Value) -> Result<Option<Datum>, Failure> {
         if value.is_null() {
@@ -413,35 +510,11 @@ impl Converter {
         let mut values = Vec::with_capacity(items.len());
         let mut nulls = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let converted = element.converter.convert(item).map_err(|f| Failure {
-                state: f.state,
-                reason: format!("element {}: {}", i + 1, f.reason),
-            })?;
+            let converted = element.converter.convert(item).map_err(|f| f.element(i))?;
             nulls.push(converted.is_none());
             values.push(converted.unwrap_or(Datum::from(0)));
         }
-        let elem_type = element.converter.typoid;
-        // SAFETY: values/nulls have items.len() entries of the element type described.
-        let array = unsafe {
-            if items.is_empty() {
-                pg_sys::construct_empty_array(elem_type)
-            } else {
-                let mut dims = [items.len() as i32];
-                let mut lower_bounds = [1i32];
-                pg_sys::construct_md_array(
-                    values.as_mut_ptr(),
-                    nulls.as_mut_ptr(),
-                    1,
-                    dims.as_mut_ptr(),
-                    lower_bounds.as_mut_ptr(),
-                    elem_type,
-                    element.len as i32,
-                    element.by_value,
-                    element.align,
-                )
-            }
-        };
-        Ok(Datum::from(array))
+        Ok(element.construct(&mut values, &mut nulls))
     }
 
     /// The type's own input function on the value's text: strings as they are, everything else
@@ -458,6 +531,18 @@ impl Converter {
                 reason: e.to_string(),
             })?,
         }
+        self.call_input()
+    }
+
+    /// The input function on `text`.
+    fn input_text(&mut self, text: &str) -> Result<Datum, Failure> {
+        self.text.clear();
+        self.text.extend_from_slice(text.as_bytes());
+        self.call_input()
+    }
+
+    /// The input function on the text in `self.text`.
+    fn call_input(&mut self) -> Result<Datum, Failure> {
         if self.text.contains(&0) {
             return Err(Failure::nul());
         }
@@ -484,7 +569,43 @@ impl Converter {
     }
 }
 
+impl ArrayElement {
+    /// A one-dimensional array of `values` (NULL where `nulls` says), in the current context.
+    fn construct(&self, values: &mut [Datum], nulls: &mut [bool]) -> Datum {
+        let elem_type = self.converter.typoid;
+        // SAFETY: values/nulls have one entry per element, of the element type described.
+        let array = unsafe {
+            if values.is_empty() {
+                pg_sys::construct_empty_array(elem_type)
+            } else {
+                let mut dims = [values.len() as i32];
+                let mut lower_bounds = [1i32];
+                pg_sys::construct_md_array(
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                    1,
+                    dims.as_mut_ptr(),
+                    lower_bounds.as_mut_ptr(),
+                    elem_type,
+                    self.len as i32,
+                    self.by_value,
+                    self.align,
+                )
+            }
+        };
+        Datum::from(array)
+    }
+}
+
 impl Failure {
+    /// The failure of element `i` (0-based) of an array.
+    fn element(self, i: usize) -> Failure {
+        Failure {
+            state: self.state,
+            reason: format!("element {}: {}", i + 1, self.reason),
+        }
+    }
+
     fn nul() -> Failure {
         Failure {
             state: SqlState::Raised(pgrx::PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER as i32),

@@ -1,0 +1,952 @@
+//! Pages parsed straight into flat cells when the rows' layout is known: api_fetch typed by a
+//! composite type whose columns are taken by key, under a row path of names (`$.data`). There is
+//! no JSON tree per row and no allocation per value: strings and number texts go into one buffer
+//! per page, every value is a cell in one vector. What this parser does not take (other paths,
+//! rows that are not objects, keys that match a column only in case, twice) goes the general way
+//! (`serde_json::Value`), row by row or page by page, so the result never depends on the route.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::extract::RowPath;
+use crate::spec::paging::{Paging, PagingKind};
+
+/// What a column of the row type wants of its key's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Want {
+    /// A dropped column: no key fills it.
+    Skip,
+    /// Any value, as a cell.
+    Scalar,
+    /// The value's JSON text as sent (jsonb, which parses it anyway).
+    Json,
+    /// A JSON array's elements as cells; any other value as `Scalar`.
+    Array(Box<Want>),
+}
+
+/// The row type's columns, in order: each filled from the key of its name, or else from the one
+/// key equal to it ignoring case.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    columns: Vec<(String, String, Want)>,
+}
+
+impl Layout {
+    pub fn new(columns: impl IntoIterator<Item = (String, Want)>) -> Layout {
+        Layout {
+            columns: columns
+                .into_iter()
+                .map(|(name, want)| {
+                    let lower = name.to_lowercase();
+                    (name, lower, want)
+                })
+                .collect(),
+        }
+    }
+
+    /// Two columns equal ignoring case: which one a key fills needs the general rule.
+    fn ambiguous(&self) -> bool {
+        let mut lower: Vec<&str> = self.columns.iter().map(|(_, l, _)| l.as_str()).collect();
+        lower.sort_unstable();
+        lower.windows(2).any(|pair| pair[0] == pair[1])
+    }
+
+    /// The column `key` fills, and whether by its exact name.
+    fn find(&self, key: &str) -> Option<(usize, bool)> {
+        let taken = |want: &Want| *want != Want::Skip;
+        if let Some(i) = self
+            .columns
+            .iter()
+            .position(|(name, _, want)| taken(want) && name == key)
+        {
+            return Some((i, true));
+        }
+        let lower = key.to_lowercase();
+        self.columns
+            .iter()
+            .position(|(_, l, want)| taken(want) && *l == lower)
+            .map(|i| (i, false))
+    }
+}
+
+/// How the pages of one fetch are parsed flat: the layout, and the names that lead to the rows.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    layout: Layout,
+    route: Vec<String>,
+    /// The row path ends in `[*]`: the rows node must be an array.
+    star: bool,
+}
+
+impl Plan {
+    /// A plan for rows at `path`, or `None` when the path is not a chain of names, or when a
+    /// paging path reads inside the rows (as Stripe's `$.data[-1].id` does), which needs them
+    /// as JSON values.
+    pub fn new(layout: Layout, path: &RowPath, paging: Option<&Paging>) -> Option<Plan> {
+        if layout.ambiguous() {
+            return None;
+        }
+        let (route, rest) = leading_names(path.text());
+        let star = match rest.trim() {
+            "" => false,
+            "[*]" => true,
+            _ => return None,
+        };
+        if let Some(paging) = paging {
+            let mut paths = vec![
+                &paging.total_path,
+                &paging.total_pages_path,
+                &paging.has_more_path,
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+            if let PagingKind::Cursor { path, .. } | PagingKind::NextUrl { path } = &paging.kind {
+                paths.push(path);
+            }
+            let touches = |other: &RowPath| {
+                let (names, _) = leading_names(other.text());
+                names.iter().zip(&route).all(|(a, b)| a == b)
+            };
+            if paths.into_iter().any(touches) {
+                return None;
+            }
+        }
+        Some(Plan {
+            layout,
+            route,
+            star,
+        })
+    }
+}
+
+/// The member names a JSONPath starts with (`$.a['b'][0]` → a, b) and the text after them.
+fn leading_names(text: &str) -> (Vec<String>, &str) {
+    let mut names = Vec::new();
+    let Some(mut rest) = text.trim().strip_prefix('$') else {
+        return (names, text);
+    };
+    loop {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if end == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
+                return (names, rest);
+            }
+            names.push(after[..end].to_string());
+            rest = &after[end..];
+        } else if let Some(quoted) = rest
+            .strip_prefix("['")
+            .and_then(|r| r.split_once("']"))
+            .or_else(|| rest.strip_prefix("[\"").and_then(|r| r.split_once("\"]")))
+        {
+            let (name, after) = quoted;
+            if name.contains(['\\', '\'', '"']) {
+                return (names, rest);
+            }
+            names.push(name.to_string());
+            rest = after;
+        } else {
+            return (names, rest);
+        }
+    }
+}
+
+/// A stretch of a page's text buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// One value of a row, as parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell {
+    /// The row has no such key.
+    Missing,
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Any other number: its JSON text, every digit kept.
+    Number(Span),
+    Str(Span),
+    /// JSON text: every value of a `Want::Json` column, and objects and nested arrays.
+    Json(Span),
+    /// The page's `elements[start..start + len]`.
+    Array {
+        start: u32,
+        len: u32,
+    },
+}
+
+/// A page of rows in cells. Rows whose cells were not taken are read from the body again, the
+/// general way, when asked for.
+#[derive(Debug, Default)]
+pub struct Compact {
+    body: Vec<u8>,
+    route: Vec<String>,
+    /// Per row, where its cells start; `None`: the row goes the general way.
+    rows: Vec<Option<u32>>,
+    width: usize,
+    cells: Vec<Cell>,
+    elements: Vec<Cell>,
+    text: Vec<u8>,
+    /// The rows as JSON values, parsed on first need.
+    general: OnceLock<Vec<Value>>,
+}
+
+impl Compact {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The cells of row `row`, one per column; `None` for a row to take as a JSON value.
+    pub fn cells(&self, row: usize) -> Option<&[Cell]> {
+        let start = self.rows[row]? as usize;
+        Some(&self.cells[start..start + self.width])
+    }
+
+    /// Row `row` as a JSON value.
+    pub fn row_value(&self, row: usize) -> Value {
+        self.general().get(row).cloned().unwrap_or(Value::Null)
+    }
+
+    /// The rows as the general parser sees them: the node the route leads to, an array's
+    /// elements or the node itself.
+    fn general(&self) -> &[Value] {
+        self.general.get_or_init(|| {
+            let mut node = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
+            for name in &self.route {
+                node = node.get_mut(name).map(Value::take).unwrap_or(Value::Null);
+            }
+            match node {
+                Value::Array(rows) => rows,
+                node => vec![node],
+            }
+        })
+    }
+
+    pub fn text(&self, span: Span) -> &str {
+        let bytes = &self.text[span.start as usize..(span.start + span.len) as usize];
+        // SAFETY: spans only cover whole UTF-8 strings copied in by `Builder::text`.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    pub fn elements(&self, start: u32, len: u32) -> &[Cell] {
+        &self.elements[start as usize..(start + len) as usize]
+    }
+
+    /// A cell as the JSON value it was parsed from.
+    pub fn value(&self, cell: &Cell) -> Value {
+        match *cell {
+            Cell::Missing | Cell::Null => Value::Null,
+            Cell::Bool(b) => Value::Bool(b),
+            Cell::Int(i) => Value::from(i),
+            Cell::Number(span) | Cell::Json(span) => {
+                serde_json::from_str(self.text(span)).unwrap_or(Value::Null)
+            }
+            Cell::Str(span) => Value::String(self.text(span).to_string()),
+            Cell::Array { start, len } => Value::Array(
+                self.elements(start, len)
+                    .iter()
+                    .map(|c| self.value(c))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Every row as a JSON value.
+    pub fn into_values(self) -> Vec<Value> {
+        self.general();
+        self.general.into_inner().unwrap_or_default()
+    }
+}
+
+/// The document of a page without its rows (for the paging facts), and its rows in cells; `None`
+/// when the page does not fit the plan or is not valid JSON: the general parser then takes it,
+/// and names what is wrong.
+pub fn parse(body: Vec<u8>, plan: &Plan) -> Result<(Value, Compact), Vec<u8>> {
+    let mut builder = Builder {
+        plan,
+        page: Compact {
+            width: plan.layout.columns.len(),
+            route: plan.route.clone(),
+            ..Compact::default()
+        },
+        keys: Vec::new(),
+        exact: vec![false; plan.layout.columns.len()],
+        unfit: false,
+    };
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let doc = DocSeed {
+        route: &plan.route,
+        builder: &mut builder,
+    }
+    .deserialize(&mut de)
+    .and_then(|doc| de.end().map(|()| doc));
+    match doc {
+        Ok(doc) if !builder.unfit => {
+            let mut page = builder.page;
+            page.body = body;
+            Ok((doc, page))
+        }
+        _ => Err(body),
+    }
+}
+
+struct Builder<'p> {
+    plan: &'p Plan,
+    page: Compact,
+    /// The keys seen at each position of the previous row, with the column each fills: rows of
+    /// one API have their keys in one order, so a key is one comparison, not a search.
+    keys: Vec<(String, Key)>,
+    /// Per column: filled by its exact name in this row.
+    exact: Vec<bool>,
+    /// The page does not fit the plan: parse it the general way.
+    unfit: bool,
+}
+
+impl Builder<'_> {
+    fn text(&mut self, text: &str) -> Span {
+        let start = self.page.text.len() as u32;
+        self.page.text.extend_from_slice(text.as_bytes());
+        Span {
+            start,
+            len: text.len() as u32,
+        }
+    }
+
+    /// Starts a row: its cells, all missing until keys fill them.
+    fn start_row(&mut self) -> usize {
+        let first = self.page.cells.len();
+        self.page
+            .cells
+            .resize(first + self.page.width, Cell::Missing);
+        self.exact.fill(false);
+        first
+    }
+
+    /// Ends the row started at `first`: its cells are kept when `taken`.
+    fn end_row(&mut self, first: usize, taken: bool) {
+        if taken {
+            self.page.rows.push(Some(first as u32));
+        } else {
+            self.page.cells.truncate(first);
+            self.page.rows.push(None);
+        }
+    }
+
+    /// A row that is not an object: the general parser says what is wrong with it.
+    fn other_row(&mut self) {
+        self.page.rows.push(None);
+    }
+
+    /// Fills the cells of a row from its keys; `false` when the general parser must take it.
+    fn fill_row<'de, A: MapAccess<'de>>(&mut self, mut map: A) -> Result<bool, A::Error> {
+        let first = self.start_row();
+        let mut taken = true;
+        let mut position = 0;
+        // Columns filled by a key equal to their name only ignoring case.
+        let mut folded = 0u64;
+        while let Some(key) = map.next_key_seed(KeySeed {
+            builder: &mut *self,
+            position,
+        })? {
+            position += 1;
+            let (i, exact) = match key {
+                Key::Column(i, exact) => (i, exact),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                Key::Number => {
+                    // A number row (serde_json's marker): not an object.
+                    map.next_value::<IgnoredAny>()?;
+                    taken = false;
+                    continue;
+                }
+            };
+            if !exact && (self.exact[i] || i >= 64 || folded & (1 << i) != 0) {
+                // An exact key wins; two keys differing in case need the general parser's rule.
+                taken &= self.exact[i];
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let want = &self.plan.layout.columns[i].2;
+            let cell = map.next_value_seed(CellSeed {
+                want,
+                builder: &mut *self,
+            })?;
+            self.page.cells[first + i] = cell;
+            if exact {
+                self.exact[i] = true;
+            } else {
+                folded |= 1 << i;
+            }
+        }
+        self.end_row(first, taken);
+        Ok(taken)
+    }
+
+    /// What the `position`th key of a row is.
+    fn key(&mut self, position: usize, key: &str) -> Key {
+        if let Some((seen, column)) = self.keys.get(position) {
+            if seen == key {
+                return *column;
+            }
+        }
+        let column = match self.plan.layout.find(key) {
+            Some((i, exact)) => Key::Column(i, exact),
+            None if key == NUMBER_TOKEN => Key::Number,
+            None => Key::Other,
+        };
+        if position < self.keys.len() {
+            self.keys[position] = (key.to_string(), column);
+        } else if position == self.keys.len() {
+            self.keys.push((key.to_string(), column));
+        }
+        column
+    }
+}
+
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// A key of a row.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    /// Fills column `.0`, by its exact name (`.1`) or ignoring case.
+    Column(usize, bool),
+    Other,
+    /// serde_json's marker of a number kept as text: the "row" is a number.
+    Number,
+}
+
+struct DocSeed<'a, 'p> {
+    route: &'a [String],
+    builder: &'a mut Builder<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for DocSeed<'_, '_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.route.is_empty() {
+            d.deserialize_any(NodeVisitor {
+                builder: self.builder,
+            })?;
+            return Ok(Value::Null);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocSeed<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut doc = Map::new();
+        let mut found = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == NUMBER_TOKEN {
+                self.builder.unfit = true;
+            }
+            let value = if key == self.route[0] && !found {
+                found = true;
+                map.next_value_seed(DocSeed {
+                    route: &self.route[1..],
+                    builder: self.builder,
+                })?
+            } else {
+                if key == self.route[0] {
+                    // A second rows key: the general parser keeps the last.
+                    self.builder.unfit = true;
+                }
+                map.next_value::<Value>()?
+            };
+            doc.insert(key, value);
+        }
+        Ok(Value::Object(doc))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Value>()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+}
+
+/// The node the route leads to: an array of rows, or one row.
+struct NodeVisitor<'a, 'p> {
+    builder: &'a mut Builder<'p>,
+}
+
+impl<'de> Visitor<'de> for NodeVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(RowSeed {
+                builder: &mut *self.builder,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        if self.builder.plan.star {
+            // `[*]` on an object selects its members: the general parser's order.
+            self.builder.unfit = true;
+            IgnoredAny.visit_map(map)?;
+            return Ok(());
+        }
+        self.builder.fill_row(map).map(|_| ())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.scalar()
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.scalar()
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.scalar()
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.scalar()
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.scalar()
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.scalar()
+    }
+}
+
+impl NodeVisitor<'_, '_> {
+    /// A scalar node is one row (not an object); under `[*]`, none.
+    fn scalar<E>(self) -> Result<(), E> {
+        if self.builder.plan.star {
+            self.builder.unfit = true;
+        } else {
+            self.builder.other_row();
+        }
+        Ok(())
+    }
+}
+
+impl RowSeed<'_, '_> {
+    fn other<E>(self) -> Result<(), E> {
+        self.builder.other_row();
+        Ok(())
+    }
+}
+
+/// One element of the rows array.
+struct RowSeed<'a, 'p> {
+    builder: &'a mut Builder<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.builder.fill_row(map).map(|_| ())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        IgnoredAny.visit_seq(seq)?;
+        self.builder.other_row();
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.other()
+    }
+}
+
+struct KeySeed<'a, 'p> {
+    builder: &'a mut Builder<'p>,
+    position: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_, '_> {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.builder.key(self.position, key))
+    }
+}
+
+struct CellSeed<'a, 'p> {
+    want: &'a Want,
+    builder: &'a mut Builder<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for CellSeed<'_, '_> {
+    type Value = Cell;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cell, D::Error> {
+        if *self.want == Want::Json {
+            let raw = <&RawValue>::deserialize(d)?;
+            return Ok(match raw.get() {
+                "null" => Cell::Null,
+                text => Cell::Json(self.builder.text(text)),
+            });
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl CellSeed<'_, '_> {
+    fn json(self, value: &Value) -> Cell {
+        Cell::Json(self.builder.text(&value.to_string()))
+    }
+}
+
+impl<'de> Visitor<'de> for CellSeed<'_, '_> {
+    type Value = Cell;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Cell, E> {
+        Ok(Cell::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Cell, E> {
+        Ok(Cell::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Cell, E> {
+        Ok(Cell::Int(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Cell, E> {
+        Ok(match i64::try_from(v) {
+            Ok(v) => Cell::Int(v),
+            Err(_) => Cell::Number(self.builder.text(&v.to_string())),
+        })
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Cell, E> {
+        Ok(Cell::Number(self.builder.text(&Value::from(v).to_string())))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Cell, E> {
+        Ok(Cell::Str(self.builder.text(v)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cell, A::Error> {
+        let Some(key) = map.next_key_seed(KeyText)? else {
+            return Ok(self.json(&Value::Object(Map::new())));
+        };
+        if key.is_none() {
+            let number = map.next_value_seed(TextSeed {
+                builder: self.builder,
+            })?;
+            return Ok(Cell::Number(number));
+        }
+        let mut object = Map::new();
+        object.insert(key.unwrap_or_default(), map.next_value()?);
+        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+            object.insert(key, value);
+        }
+        Ok(self.json(&Value::Object(object)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Cell, A::Error> {
+        match self.want {
+            Want::Array(element) => {
+                let start = self.builder.page.elements.len() as u32;
+                while let Some(cell) = seq.next_element_seed(CellSeed {
+                    want: element,
+                    builder: self.builder,
+                })? {
+                    self.builder.page.elements.push(cell);
+                }
+                let len = self.builder.page.elements.len() as u32 - start;
+                Ok(Cell::Array { start, len })
+            }
+            _ => {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Value>()? {
+                    items.push(item);
+                }
+                Ok(self.json(&Value::Array(items)))
+            }
+        }
+    }
+}
+
+/// A string copied into the page's text.
+struct TextSeed<'a, 'p> {
+    builder: &'a mut Builder<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for TextSeed<'_, '_> {
+    type Value = Span;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Span, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TextSeed<'_, '_> {
+    type Value = Span;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Span, E> {
+        Ok(self.builder.text(v))
+    }
+}
+
+/// A key: `None` for serde_json's marker of a number kept as text (`arbitrary_precision`), which
+/// is then not copied.
+struct KeyText;
+
+impl<'de> DeserializeSeed<'de> for KeyText {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyText {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok((key != NUMBER_TOKEN).then(|| key.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn layout() -> Layout {
+        Layout::new([
+            ("id".to_string(), Want::Scalar),
+            ("Name".to_string(), Want::Scalar),
+            ("doc".to_string(), Want::Json),
+            ("tags".to_string(), Want::Array(Box::new(Want::Scalar))),
+        ])
+    }
+
+    fn plan(path: &str, paging: Option<Value>) -> Option<Plan> {
+        let paging = paging.map(|p| Paging::parse(&p).unwrap());
+        Plan::new(layout(), &RowPath::parse(path).unwrap(), paging.as_ref())
+    }
+
+    fn page(body: &str) -> (Value, Compact) {
+        parse(body.as_bytes().to_vec(), &plan("$.data", None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rows_become_cells_and_the_rest_stays_a_document() {
+        let (doc, page) = page(
+            r#"{"total": 2, "data": [
+                {"id": 1, "name": "a\"b", "doc": {"k": [1, 2.50]}, "tags": ["x", 2, null], "extra": {"deep": 1}},
+                {"tags": "{y}", "id": 18446744073709551615, "NAME": 1.50, "doc": null}
+            ], "after": [1]}"#,
+        );
+        assert_eq!(doc, json!({"total": 2, "data": null, "after": [1]}));
+        assert_eq!(page.len(), 2);
+        let first = page.cells(0).unwrap();
+        assert_eq!(first[0], Cell::Int(1));
+        assert_eq!(page.value(&first[1]), json!("a\"b"));
+        assert!(matches!(first[2], Cell::Json(span) if page.text(span) == r#"{"k": [1, 2.50]}"#));
+        assert_eq!(page.value(&first[3]), json!(["x", 2, null]));
+        let second = page.cells(1).unwrap();
+        assert!(
+            matches!(second[0], Cell::Number(span) if page.text(span) == "18446744073709551615")
+        );
+        assert!(matches!(second[1], Cell::Number(span) if page.text(span) == "1.50"));
+        assert_eq!(second[2], Cell::Null);
+        assert_eq!(page.value(&second[3]), json!("{y}"));
+        assert_eq!(page.row_value(1)["NAME"].to_string(), "1.50");
+    }
+
+    #[test]
+    fn exact_keys_win_and_keys_equal_in_case_only_go_the_general_way() {
+        let (_, page) = page(
+            r#"{"data": [{"name": "lower", "Name": "exact"}, {"NAME": "a", "name": "b"}, {"id": 1}, 7]}"#,
+        );
+        assert_eq!(page.value(&page.cells(0).unwrap()[1]), json!("exact"));
+        assert!(page.cells(1).is_none());
+        assert_eq!(page.row_value(1), json!({"NAME": "a", "name": "b"}));
+        assert_eq!(page.cells(2).unwrap()[1], Cell::Missing);
+        assert!(page.cells(3).is_none());
+        assert_eq!(page.row_value(3), json!(7));
+    }
+
+    #[test]
+    fn a_single_object_is_a_row_and_a_missing_node_no_rows() {
+        let (_, one) = page(r#"{"data": {"id": 5}}"#);
+        assert_eq!(one.cells(0).unwrap()[0], Cell::Int(5));
+        let (_, none) = page(r#"{"other": []}"#);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn what_does_not_fit_is_left_to_the_general_parser() {
+        let plan = plan("$.data", None).unwrap();
+        for body in [
+            r#"{"data": [{"id": 1}], "data": []}"#,
+            r#"{"data": [{"id": 1}"#,
+            "<html>",
+            "",
+        ] {
+            assert!(parse(body.as_bytes().to_vec(), &plan).is_err(), "{body}");
+        }
+        let star = plan_star();
+        assert!(parse(br#"{"data": {"a": {"id": 1}}}"#.to_vec(), &star).is_err());
+        assert_eq!(
+            parse(br#"{"data": [{"id": 1}]}"#.to_vec(), &star)
+                .unwrap()
+                .1
+                .len(),
+            1
+        );
+    }
+
+    fn plan_star() -> Plan {
+        plan("$.data[*]", None).unwrap()
+    }
+
+    #[test]
+    fn plans_need_a_path_of_names_that_no_paging_path_reads_into() {
+        assert!(plan("$", None).is_some());
+        assert!(plan("$['a'].b", None).is_some());
+        assert!(plan("$..data", None).is_none());
+        assert!(plan("$.data[0]", None).is_none());
+        assert!(plan("$.data[?@.id]", None).is_none());
+        let total = json!({"type": "offset", "offset_param": "o", "page_size": 10, "total_path": "$.meta.total"});
+        assert!(plan("$.data", Some(total.clone())).is_some());
+        assert!(plan("$.meta", Some(total.clone())).is_none());
+        assert!(plan("$", Some(total)).is_none());
+        let stripe =
+            json!({"type": "cursor", "cursor_path": "$.data[-1].id", "cursor_param": "after"});
+        assert!(plan("$.data", Some(stripe)).is_none());
+        let ambiguous = Layout::new([
+            ("a".to_string(), Want::Scalar),
+            ("A".to_string(), Want::Scalar),
+        ]);
+        assert!(Plan::new(ambiguous, &RowPath::parse("$").unwrap(), None).is_none());
+    }
+
+    #[test]
+    fn names_lead_the_way() {
+        assert_eq!(
+            leading_names("$.a.b_2"),
+            (vec!["a".into(), "b_2".into()], "")
+        );
+        assert_eq!(leading_names("$['x y'][*]"), (vec!["x y".into()], "[*]"));
+        assert_eq!(leading_names("$..a"), (vec![], "..a"));
+        assert_eq!(leading_names("$.1a"), (vec![], ".1a"));
+    }
+}
