@@ -210,6 +210,61 @@ mod api_fetch {
     }
 
     #[test]
+    fn rows_parsed_into_cells_equal_rows_parsed_as_json_values() {
+        // `$.data` is a chain of names: pages are parsed straight into cells. `$.data[?@]` selects
+        // the same rows through the general JSONPath parser. Every type, both ways, same text.
+        let mut client = connect();
+        client
+            .batch_execute(
+                "CREATE TYPE every_type AS (
+                    small smallint, \"int\" integer, big bigint, num numeric, num_text numeric,
+                    \"real\" real, \"double\" double precision, flag boolean, txt text, vc varchar(5),
+                    day date, ts timestamp, tstz timestamptz, epoch timestamptz, id uuid, doc json,
+                    docb jsonb, ints int[], texts text[], namedcase text, absent text)",
+            )
+            .unwrap();
+        let mut rows = |path: &str| -> String {
+            let sql = format!(
+                "SELECT string_agg(r::text, ' | ' ORDER BY r.\"int\")
+                 FROM api_fetch({}, path => '{path}', row_type => NULL::every_type) r",
+                lit(&api().url("/types"))
+            );
+            client.query_one(&sql, &[]).unwrap().get(0)
+        };
+        let cells = rows("$.data");
+        assert_eq!(cells.matches(" | ").count(), 1, "{cells}");
+        assert_eq!(cells, rows("$.data[?@]"));
+    }
+
+    #[test]
+    fn rows_the_cell_parser_leaves_get_the_general_rules() {
+        let fetch = |rows: &str, path: &str| {
+            format!(
+                "SELECT string_agg(coalesce(r.id::text, 'NULL'), ',')
+                 FROM api_fetch({}, 'POST', '{{\"data\": {rows}}}', '$.body_json.{path}', row_type => NULL::just_id) r",
+                lit(&api().url("/echo"))
+            )
+        };
+        let mut client = connect();
+        client
+            .batch_execute("CREATE TYPE just_id AS (id int, name text)")
+            .unwrap();
+        let mut ids = |rows: &str, path: &str| -> String {
+            client.query_one(&fetch(rows, path), &[]).unwrap().get(0)
+        };
+        // Two keys equal to the column ignoring case: the first in key order fills it.
+        let rows = r#"[{"Id": 1, "ID": 2}, {"id": 3, "ID": 4}, {"iD": 5}, {}]"#;
+        assert_eq!(ids(rows, "data"), "2,3,5,NULL");
+        assert_eq!(ids(rows, "data[?@]"), "2,3,5,NULL");
+        let (code, message, _) = fails(&fetch(r#"[{"id": 1}, 7.5]"#, "data"));
+        assert_eq!(code, "42804");
+        assert!(
+            message.starts_with("api_fetch row 2 is a number, not an object"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn options_columns_map_relative_paths() {
         let mut client = connect();
         client
