@@ -1176,6 +1176,50 @@ mod jobs {
     }
 
     #[test]
+    fn a_key_repeated_within_a_run_keeps_its_last_row() {
+        let mut client = connect_as("api_user");
+        let job = |name: &str, rows: &str| {
+            format!(
+                "SELECT apisync.create_job('{name}', 'job_repeat', {}, 'POST', '{{\"data\": {rows}}}',
+                                           '$.body_json.data', write_method => 'upsert')",
+                lit(&api().url("/echo"))
+            )
+        };
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE job_repeat (id bigint PRIMARY KEY, name text NOT NULL);
+                 INSERT INTO job_repeat VALUES (2, 'old');
+                 {}; {}",
+                job(
+                    "job_repeat",
+                    r#"[{"id": 1, "name": "first"}, {"id": 2, "name": "new"}, {"id": 1, "name": "last"}]"#
+                ),
+                job("job_repeat_null", r#"[{"id": 3, "name": null}]"#)
+            ))
+            .unwrap();
+        let (status, fetched, inserted, updated, ..) = run(&mut client, "job_repeat");
+        assert_eq!(
+            (status.as_str(), fetched, inserted, updated),
+            ("succeeded", 3, 1, 1)
+        );
+        let rows: String = client
+            .query_one(
+                "SELECT string_agg(id || '=' || name, ',' ORDER BY id) FROM job_repeat",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, "1=last,2=new");
+        let (code, message, _) =
+            sql_error(client.batch_execute("SELECT apisync.run_job('job_repeat_null')"));
+        assert_eq!(code, "23502", "{message}");
+        assert!(
+            message.contains("null value in column \"name\""),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn a_failed_run_leaves_the_target_as_it_was() {
         let mut client = connect_as("api_user");
         client

@@ -396,8 +396,14 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     let keys: Vec<String> = job.keys.iter().map(|k| quote_ident(k)).collect();
     let keys = keys.join(", ");
     // Staged first: upsert needs the run's keys, and rejecting rows needs ranges to retry.
-    // With keys, the last row of a key wins, as it would row by row.
-    let (distinct, order) = if job.write.uses_keys() {
+    // With keys, the last row of a key wins, as it would row by row. Keys seldom repeat within a
+    // run, so rows are staged as they come and written at once; only when a key repeats (the
+    // write fails with cardinality_violation and its subtransaction is undone) are they sorted
+    // to keep each key's last row. Rejecting rows needs the kept rows from the start.
+    let dedupe = format!(
+        "SELECT DISTINCT ON ({keys}) * FROM apisync_stage ORDER BY {keys}, apisync_row DESC"
+    );
+    let (distinct, order) = if job.write.uses_keys() && max_rejected > 0 {
         (
             format!("DISTINCT ON ({keys})"),
             format!("ORDER BY {keys}, f.apisync_n DESC"),
@@ -434,10 +440,24 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
         .ok()
         .flatten()
         .unwrap_or(0);
-    let (inserted, updated) = if max_rejected == 0 {
-        write_range(&statement, 1, last)
-    } else {
+    let (inserted, updated) = if max_rejected > 0 {
         write_rejecting(&statement, 1, last)
+    } else if job.write.uses_keys() {
+        match in_subtransaction(|| write_range(&statement, 1, last)) {
+            Ok(counts) => counts,
+            Err(caught) if sqlstate_of(&caught) == "21000" => {
+                processed(
+                    &format!("CREATE TEMP TABLE apisync_kept ON COMMIT DROP AS {dedupe}"),
+                    false,
+                );
+                processed("DROP TABLE apisync_stage", false);
+                processed("ALTER TABLE apisync_kept RENAME TO apisync_stage", false);
+                write_range(&statement, 1, last)
+            }
+            Err(caught) => caught.rethrow(),
+        }
+    } else {
+        write_range(&statement, 1, last)
     };
     written.inserted = inserted;
     written.updated = updated;
@@ -498,7 +518,7 @@ fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
     if first > last {
         return (0, 0);
     }
-    match in_subtransaction(|| write_range(statement, first, last)) {
+    match in_subtransaction(|| write_range(statement, first, last)).map_err(describe) {
         Ok(counts) => counts,
         Err((error, sqlstate)) if first == last => {
             let raw = Spi::get_one_with_args::<JsonB>(
@@ -528,14 +548,14 @@ fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
 }
 
 /// Runs `body` in a subtransaction, as a PL/pgSQL exception block does: on an error the
-/// subtransaction is rolled back and the error returned as (message, SQLSTATE).
-fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, (String, String)> {
+/// subtransaction is rolled back and the error returned.
+fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, CaughtError> {
     // SAFETY: the backend thread, inside the run's transaction; the context and resource owner
     // are put back as PL/pgSQL does after its subtransactions.
     let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
     unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
     let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(body())))
-        .catch_others(|caught| Err(describe(caught)))
+        .catch_others(Err)
         .execute();
     unsafe {
         match result {
@@ -672,12 +692,22 @@ fn save_rejects(run_id: i64) -> i64 {
 }
 
 /// The message and SQLSTATE of a caught error.
-fn describe(caught: CaughtError) -> (String, String) {
+/// The SQLSTATE of a caught error.
+fn sqlstate_of(caught: &CaughtError) -> String {
     match caught {
         CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
-            let code = SqlState::Raised(report.sql_error_code() as i32).code();
+            SqlState::Raised(report.sql_error_code() as i32).code()
+        }
+        CaughtError::RustPanic { .. } => "XX000".into(),
+    }
+}
+
+fn describe(caught: CaughtError) -> (String, String) {
+    let code = sqlstate_of(&caught);
+    match caught {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
             (report.message().to_string(), code)
         }
-        CaughtError::RustPanic { ereport, .. } => (ereport.message().to_string(), "XX000".into()),
+        CaughtError::RustPanic { ereport, .. } => (ereport.message().to_string(), code),
     }
 }
