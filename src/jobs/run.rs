@@ -454,7 +454,7 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
                 processed("ALTER TABLE apisync_kept RENAME TO apisync_stage", false);
                 write_range(&statement, 1, last)
             }
-            Err(caught) => caught.rethrow(),
+            Err(caught) => (*caught).rethrow(),
         }
     } else {
         write_range(&statement, 1, last)
@@ -518,7 +518,9 @@ fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
     if first > last {
         return (0, 0);
     }
-    match in_subtransaction(|| write_range(statement, first, last)).map_err(describe) {
+    match in_subtransaction(|| write_range(statement, first, last))
+        .map_err(|caught| describe(*caught))
+    {
         Ok(counts) => counts,
         Err((error, sqlstate)) if first == last => {
             let raw = Spi::get_one_with_args::<JsonB>(
@@ -549,13 +551,13 @@ fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
 
 /// Runs `body` in a subtransaction, as a PL/pgSQL exception block does: on an error the
 /// subtransaction is rolled back and the error returned.
-fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, CaughtError> {
+fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, Box<CaughtError>> {
     // SAFETY: the backend thread, inside the run's transaction; the context and resource owner
     // are put back as PL/pgSQL does after its subtransactions.
     let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
     unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
     let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(body())))
-        .catch_others(Err)
+        .catch_others(|caught| Err(Box::new(caught)))
         .execute();
     unsafe {
         match result {
