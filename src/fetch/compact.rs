@@ -273,9 +273,9 @@ impl Compact {
     }
 }
 
-/// The document of a page without its rows (for the paging facts), and its rows in cells; `None`
-/// when the page does not fit the plan or is not valid JSON: the general parser then takes it,
-/// and names what is wrong.
+/// The document of a page without its rows (for the paging facts), and its rows in cells; the
+/// body back when the page does not fit the plan or is not valid JSON: the general parser then
+/// takes it, and names what is wrong.
 pub fn parse(body: Vec<u8>, plan: &Plan) -> Result<(Value, Compact), Vec<u8>> {
     let mut builder = Builder {
         plan,
@@ -285,7 +285,7 @@ pub fn parse(body: Vec<u8>, plan: &Plan) -> Result<(Value, Compact), Vec<u8>> {
             ..Compact::default()
         },
         keys: Vec::new(),
-        exact: vec![false; plan.layout.columns.len()],
+        filled: vec![Filled::No; plan.layout.columns.len()],
         unfit: false,
     };
     let mut de = serde_json::Deserializer::from_slice(&body);
@@ -311,8 +311,8 @@ struct Builder<'p> {
     /// The keys seen at each position of the previous row, with the column each fills: rows of
     /// one API have their keys in one order, so a key is one comparison, not a search.
     keys: Vec<(String, Key)>,
-    /// Per column: filled by its exact name in this row.
-    exact: Vec<bool>,
+    /// Per column: how a key of this row filled it.
+    filled: Vec<Filled>,
     /// The page does not fit the plan: parse it the general way.
     unfit: bool,
 }
@@ -333,7 +333,7 @@ impl Builder<'_> {
         self.page
             .cells
             .resize(first + self.page.width, Cell::Missing);
-        self.exact.fill(false);
+        self.filled.fill(Filled::No);
         first
     }
 
@@ -352,13 +352,11 @@ impl Builder<'_> {
         self.page.rows.push(None);
     }
 
-    /// Fills the cells of a row from its keys; `false` when the general parser must take it.
-    fn fill_row<'de, A: MapAccess<'de>>(&mut self, mut map: A) -> Result<bool, A::Error> {
+    /// Fills the cells of a row from its keys, or leaves the row to the general parser.
+    fn fill_row<'de, A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         let first = self.start_row();
         let mut taken = true;
         let mut position = 0;
-        // Columns filled by a key equal to their name only ignoring case.
-        let mut folded = 0u64;
         while let Some(key) = map.next_key_seed(KeySeed {
             builder: &mut *self,
             position,
@@ -377,9 +375,9 @@ impl Builder<'_> {
                     continue;
                 }
             };
-            if !exact && (self.exact[i] || i >= 64 || folded & (1 << i) != 0) {
+            if !exact && self.filled[i] != Filled::No {
                 // An exact key wins; two keys differing in case need the general parser's rule.
-                taken &= self.exact[i];
+                taken &= self.filled[i] == Filled::Exact;
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
@@ -389,14 +387,10 @@ impl Builder<'_> {
                 builder: &mut *self,
             })?;
             self.page.cells[first + i] = cell;
-            if exact {
-                self.exact[i] = true;
-            } else {
-                folded |= 1 << i;
-            }
+            self.filled[i] = if exact { Filled::Exact } else { Filled::Folded };
         }
         self.end_row(first, taken);
-        Ok(taken)
+        Ok(())
     }
 
     /// What the `position`th key of a row is.
@@ -421,6 +415,16 @@ impl Builder<'_> {
 }
 
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// How a column of the row being parsed was filled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Filled {
+    No,
+    /// By a key equal to its name only ignoring case.
+    Folded,
+    /// By its exact name.
+    Exact,
+}
 
 /// A key of a row.
 #[derive(Debug, Clone, Copy)]
@@ -571,7 +575,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
             IgnoredAny.visit_map(map)?;
             return self.other();
         }
-        self.builder.fill_row(map).map(|_| ())
+        self.builder.fill_row(map)
     }
 
     fn visit_unit<E>(self) -> Result<(), E> {

@@ -693,7 +693,6 @@ fn save_rejects(run_id: i64) -> i64 {
     rows.len() as i64
 }
 
-/// The message and SQLSTATE of a caught error.
 /// The SQLSTATE of a caught error.
 fn sqlstate_of(caught: &CaughtError) -> String {
     match caught {
@@ -704,6 +703,7 @@ fn sqlstate_of(caught: &CaughtError) -> String {
     }
 }
 
+/// The message and SQLSTATE of a caught error.
 fn describe(caught: CaughtError) -> (String, String) {
     let code = sqlstate_of(&caught);
     match caught {

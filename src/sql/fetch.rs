@@ -314,16 +314,6 @@ struct Rows {
     number: u64,
 }
 
-impl Rows {
-    fn next_page(&mut self, rows: PageRows) {
-        let done = std::mem::replace(&mut self.page, rows);
-        self.at = 0;
-        if !done.is_empty() {
-            self.runtime.spawn(async move { drop(done) });
-        }
-    }
-}
-
 impl Drop for Rows {
     fn drop(&mut self) {
         self.next_page(PageRows::default());
@@ -331,6 +321,15 @@ impl Drop for Rows {
 }
 
 impl Rows {
+    /// Reads `rows` next; the page read so far is freed on the runtime.
+    fn next_page(&mut self, rows: PageRows) {
+        let done = std::mem::replace(&mut self.page, rows);
+        self.at = 0;
+        if !done.is_empty() {
+            self.runtime.spawn(async move { drop(done) });
+        }
+    }
+
     /// Converts the next row into the maker's values: rows that fail are set aside when the run
     /// collects rejects, and raise otherwise. `false` after the last row.
     fn advance(&mut self) -> bool {

@@ -437,7 +437,9 @@ impl Converter {
                 Some(self.input_text(page.text(span))?)
             }
             (Kind::Array(_), Cell::Array { start, len }) => {
-                Some(self.array_cells(page.elements(start, len), page)?)
+                Some(self.array(page.elements(start, len), |element, item| {
+                    element.convert_cell(item, page)
+                })?)
             }
             _ => None,
         };
@@ -445,23 +447,6 @@ impl Converter {
             Some(datum) => Ok(Some(datum)),
             None => self.convert(&page.value(cell)),
         }
-    }
-
-    fn array_cells(&mut self, items: &[Cell], page: &Compact) -> Result<Datum, Failure> {
-        let Kind::Array(element) = &mut self.kind else {
-            unreachable!("array_cells() is only called for array kinds")
-        };
-        let mut values = Vec::with_capacity(items.len());
-        let mut nulls = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let converted = element
-                .converter
-                .convert_cell(item, page)
-                .map_err(|f| f.element(i))?;
-            nulls.push(converted.is_none());
-            values.push(converted.unwrap_or(Datum::from(0)));
-        }
-        Ok(element.construct(&mut values, &mut nulls))
     }
 
     /// JSON null is SQL NULL; anything the fast path does not take goes to the input function.
@@ -494,7 +479,9 @@ impl Converter {
             (Kind::Timestamp { zoned }, Value::String(s)) => iso8601_micros(s, *zoned)
                 .filter(|micros| TIMESTAMP_RANGE_US.contains(micros))
                 .map(Datum::from),
-            (Kind::Array(_), Value::Array(items)) => Some(self.array(items)?),
+            (Kind::Array(_), Value::Array(items)) => {
+                Some(self.array(items, |element, item| element.convert(item))?)
+            }
             _ => None,
         };
         match fast {
@@ -503,14 +490,20 @@ impl Converter {
         }
     }
 
-    fn array(&mut self, items: &[Value]) -> Result<Datum, Failure> {
+    /// A one-dimensional array of `items`, each converted by `convert` with the element's
+    /// converter; a failing element is named by its position.
+    fn array<T>(
+        &mut self,
+        items: &[T],
+        mut convert: impl FnMut(&mut Converter, &T) -> Result<Option<Datum>, Failure>,
+    ) -> Result<Datum, Failure> {
         let Kind::Array(element) = &mut self.kind else {
             unreachable!("array() is only called for array kinds")
         };
         let mut values = Vec::with_capacity(items.len());
         let mut nulls = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let converted = element.converter.convert(item).map_err(|f| f.element(i))?;
+            let converted = convert(&mut element.converter, item).map_err(|f| f.element(i))?;
             nulls.push(converted.is_none());
             values.push(converted.unwrap_or(Datum::from(0)));
         }
