@@ -1,15 +1,16 @@
 //! pg_apisync: pull data from HTTP/JSON APIs into PostgreSQL tables.
 //!
 //! Spec (validated arguments) → fetch (tokio, pages over a bounded channel) → extract (JSONPath,
-//! column mapping) → sink (the SRF). Only the backend thread calls Postgres.
+//! column mapping) → sink (the SRF, or a job's write). The first three are the Postgres-free core
+//! crate (`apisync_core`); this crate is the SQL face, the Datum step, the job SQL and the
+//! workers. Only the backend thread calls Postgres.
 
-pub mod error;
-pub mod extract;
-pub mod fetch;
+pub use apisync_core::{error, extract, fetch, policy, spec};
+
 pub mod interrupt;
 pub mod jobs;
+pub mod roles;
 pub mod settings;
-pub mod spec;
 pub mod sql;
 pub mod worker;
 

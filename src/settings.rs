@@ -8,7 +8,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::fetch::policy::NetworkPolicy;
+use crate::policy::NetworkPolicy;
 use crate::spec::Limits;
 
 const DEFAULT_USER_AGENT: &CStr = match CStr::from_bytes_with_nul(
@@ -30,9 +30,11 @@ pub static RUN_HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static MAX_PAGES: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"*"));
-/// Link-local (cloud metadata at 169.254.169.254), IPv6 link-local, and "this network".
-pub static DENIED_NETWORKS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"169.254.0.0/16, fe80::/10, 0.0.0.0/8"));
+/// Link-local (cloud metadata at 169.254.169.254), IPv6 link-local, "this network", and the
+/// metadata addresses of AWS over IPv6 (fd00:ec2::254) and Alibaba Cloud (100.100.100.200).
+pub static DENIED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(
+    c"169.254.0.0/16, fe80::/10, 0.0.0.0/8, fd00:ec2::254/128, 100.100.100.200/32",
+));
 
 pub fn init() {
     GucRegistry::define_int_guc(

@@ -15,6 +15,8 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::jobs::catalog::{self, JobRow};
+use crate::jobs::run::{check_owner, start_worker, Trigger};
 use crate::jobs::Schedule;
 use crate::settings;
 
@@ -42,7 +44,8 @@ pub fn register() {
 struct ScheduledJob {
     schedule_text: String,
     schedule: Schedule,
-    next: DateTime<Utc>,
+    /// `None`: the schedule never fires again.
+    next: Option<DateTime<Utc>>,
 }
 
 struct Launcher {
@@ -101,7 +104,7 @@ impl Launcher {
         let now = Utc::now();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
             let installed = Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_apisync')",
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_apisync')",
             )
             .ok()
             .flatten()
@@ -110,29 +113,27 @@ impl Launcher {
                 self.jobs.clear();
                 return;
             }
-            fail_interrupted_runs();
+            let _ = Spi::run(
+                "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL lock_timeout = '5s'",
+            );
+            catalog::fail_interrupted_runs(None);
             if self
                 .history_trimmed
                 .is_none_or(|at| at.elapsed() >= HISTORY_EVERY)
             {
-                trim_history();
+                catalog::trim_history(settings::RUN_HISTORY_DAYS.get());
                 self.history_trimmed = Some(Instant::now());
             }
-            for (job_id, name, owner, schedule) in scheduled_jobs() {
-                self.consider(now, job_id, &name, owner, &schedule);
+            for job in catalog::scheduled().unwrap_or_default() {
+                self.consider(now, &job);
             }
         }));
     }
 
     /// Starts a run of the job when it is due and a worker may be started.
-    fn consider(
-        &mut self,
-        now: DateTime<Utc>,
-        job_id: i64,
-        name: &str,
-        owner: pg_sys::Oid,
-        text: &str,
-    ) {
+    fn consider(&mut self, now: DateTime<Utc>, job: &JobRow) {
+        let job_id = job.job_id;
+        let text = job.args.schedule.as_deref().unwrap_or_default();
         let known = self
             .jobs
             .get(&job_id)
@@ -140,7 +141,7 @@ impl Launcher {
         if !known {
             match Schedule::parse(text) {
                 Ok(schedule) => {
-                    let next = schedule.next_after(now).unwrap_or(now);
+                    let next = schedule.next_after(now);
                     self.jobs.insert(
                         job_id,
                         ScheduledJob {
@@ -151,16 +152,20 @@ impl Launcher {
                     );
                 }
                 Err(e) => {
-                    self.warn_once(job_id, format!("apisync job \"{name}\": {}", e.message));
-                    return;
+                    let message = format!("apisync job {job_id} (\"{}\"): {}", job.name, e.message);
+                    self.warn_once(job_id, message);
                 }
             }
             return;
         }
-        let Some(job) = self.jobs.get_mut(&job_id) else {
+        let Some(scheduled) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        if now < job.next {
+        // A schedule with no next occurrence never runs (never "every tick").
+        let Some(next) = scheduled.next else {
+            return;
+        };
+        if now < next {
             return;
         }
         let limit = settings::MAX_PARALLEL_JOBS.get().max(1) as usize;
@@ -168,16 +173,14 @@ impl Launcher {
             return; // due; tried again next round
         }
         // This occurrence is taken, run or not.
-        job.next = job.schedule.next_after(now).unwrap_or(now);
-        // SAFETY: a catalog lookup inside the round's transaction.
-        if unsafe { pg_sys::superuser_arg(owner) } && !settings::ENABLE_SUPERUSER_JOBS.get() {
-            let message = format!("apisync job \"{name}\" is owned by a superuser and apisync.enable_superuser_jobs is off: not run");
-            self.warn_once(job_id, message);
+        scheduled.next = scheduled.schedule.next_after(now);
+        if let Err(e) = check_owner(job) {
+            self.warn_once(job_id, format!("{}: not run", e.message));
             return;
         }
-        match crate::jobs::run::start_worker(job_id, name, owner, "schedule", None) {
+        match start_worker(job, Trigger::Schedule, None) {
             Ok((worker, _)) => self.workers.push(worker),
-            Err(e) => warning!("apisync job \"{name}\": {}", e.message),
+            Err(e) => warning!("apisync job {job_id} (\"{}\"): {}", job.name, e.message),
         }
     }
 
@@ -187,52 +190,4 @@ impl Launcher {
             self.warned.insert(job_id, message);
         }
     }
-}
-
-fn scheduled_jobs() -> Vec<(i64, String, pg_sys::Oid, String)> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT job_id, name, owner, schedule FROM apisync.jobs
-             WHERE enabled AND schedule IS NOT NULL ORDER BY job_id",
-            None,
-            &[],
-        )?;
-        let mut jobs = Vec::new();
-        for row in rows {
-            if let (Some(id), Some(name), Some(owner), Some(schedule)) = (
-                row.get::<i64>(1)?,
-                row.get::<String>(2)?,
-                row.get::<pg_sys::Oid>(3)?,
-                row.get::<String>(4)?,
-            ) {
-                jobs.push((id, name, owner, schedule));
-            }
-        }
-        Ok::<_, pgrx::spi::Error>(jobs)
-    })
-    .unwrap_or_default()
-}
-
-/// A run marked running whose job lock nobody holds lost its worker (crash, restart, kill).
-fn fail_interrupted_runs() {
-    let _ = Spi::run_with_args(
-        "UPDATE apisync.job_runs r SET status = 'failed', finished_at = clock_timestamp(), sqlstate = '57P01',
-                error = 'interrupted: its worker ended before the run finished (crash, restart or termination)'
-         WHERE status = 'running'
-           AND NOT EXISTS (SELECT 1 FROM pg_locks l
-                           WHERE l.locktype = 'advisory' AND l.granted AND l.classid::int = $1
-                             AND l.objid::bigint = r.job_id)",
-        &[crate::jobs::run::LOCK_CLASS.into()],
-    );
-}
-
-fn trim_history() {
-    let days = settings::RUN_HISTORY_DAYS.get();
-    let _ = Spi::run_with_args(
-        "DELETE FROM apisync.job_runs WHERE finished_at < now() - make_interval(days => $1)",
-        &[days.into()],
-    );
-    let _ = Spi::run(
-        "DELETE FROM apisync.rejected_rows j WHERE NOT EXISTS (SELECT 1 FROM apisync.job_runs r WHERE r.run_id = j.run_id)",
-    );
 }

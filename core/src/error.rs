@@ -74,13 +74,24 @@ impl SqlState {
 impl SqlState {
     /// A SQLSTATE given as its five characters.
     pub fn from_code(code: &str) -> SqlState {
-        let packed = code.bytes().take(5).enumerate();
-        SqlState::Raised(
-            packed
-                .map(|(i, c)| (i32::from(c.wrapping_sub(b'0')) & 0x3F) << (6 * i))
-                .sum(),
-        )
+        SqlState::Raised(pack_sqlstate(code))
     }
+
+    /// Postgres's packed form (MAKE_SQLSTATE), what ereport takes.
+    pub fn packed(self) -> i32 {
+        match self {
+            SqlState::Raised(packed) => packed,
+            other => pack_sqlstate(&other.code()),
+        }
+    }
+}
+
+fn pack_sqlstate(code: &str) -> i32 {
+    code.bytes()
+        .take(5)
+        .enumerate()
+        .map(|(i, c)| (i32::from(c.wrapping_sub(b'0')) & 0x3F) << (6 * i))
+        .sum()
 }
 
 /// Postgres packs a SQLSTATE as five 6-bit characters (MAKE_SQLSTATE).
@@ -209,6 +220,10 @@ mod tests {
         assert_eq!(SqlState::Raised(packed).code(), "22P02");
         assert_eq!(SqlState::from_code("22P02"), SqlState::Raised(packed));
         assert_eq!(SqlState::InvalidJsonText.code(), "22032");
+        assert_eq!(
+            SqlState::InvalidJsonText.packed(),
+            SqlState::from_code("22032").packed()
+        );
     }
 
     #[test]

@@ -1,8 +1,5 @@
-//! Sync jobs (DESIGN.md §2.3): what a job may say, checked once at creation; `sql` is their SQL
-//! face and `run` the run worker. The parts here are Postgres-free.
-
-pub mod run;
-mod sql;
+//! The job model (DESIGN.md §2.3): what a job may say, checked once at creation. Postgres-free;
+//! the extension's `jobs` module is its SQL face and run worker.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -65,59 +62,119 @@ impl WriteMethod {
     }
 }
 
+/// A job's arguments as stored in `apisync.jobs` (or given to create_job / alter_job).
+#[derive(Debug, Clone, Default)]
+pub struct JobArgs {
+    pub url: String,
+    pub method: String,
+    pub body: Option<Value>,
+    pub path: String,
+    pub headers: Value,
+    pub paging: Option<Value>,
+    pub options: Value,
+    pub write_method: String,
+    pub key_columns: Option<Vec<String>>,
+    pub schedule: Option<String>,
+}
+
+/// A job, parsed and checked once by the same code at create_job, alter_job and run time. What
+/// needs the database (the target, the fetch spec with the owner's secrets) is checked by the
+/// extension on top of this.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub args: JobArgs,
+    pub write: WriteMethod,
+    /// `options` without the job's own keys: what the fetch takes.
+    pub fetch_options: Value,
+    pub options: JobOptions,
+    pub schedule: Option<Schedule>,
+}
+
+/// The options only a job takes.
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// `commit_every`: pages a transaction, for runs too big for one.
+    pub commit_every: Option<u32>,
+    /// `max_rejected`: rows that may fail conversion or a constraint, 0 by default.
+    pub max_rejected: u64,
+    pub incremental: Option<Incremental>,
+}
+
 /// Options only a job takes; the rest are `api_fetch`'s.
 const JOB_OPTIONS: [&str; 3] = ["commit_every", "incremental", "max_rejected"];
 
-/// Splits a job's options into `api_fetch`'s and the job's own, refusing the job options that
-/// are not built yet.
-pub fn fetch_options(options: Option<&Value>) -> Result<Option<Value>> {
-    let Some(Value::Object(all)) = options else {
-        return Ok(options.cloned());
+impl JobSpec {
+    pub fn parse(args: JobArgs) -> Result<JobSpec> {
+        let write = WriteMethod::parse(&args.write_method)?;
+        check_no_inline_credentials(&args.url, Some(&args.headers), Some(&args.options))?;
+        let schedule = args.schedule.as_deref().map(Schedule::parse).transpose()?;
+        let (fetch_options, options) = split_options(&args.options)?;
+        if options.commit_every.is_some()
+            && matches!(write, WriteMethod::Replace | WriteMethod::Mirror)
+        {
+            return Err(Error::invalid(
+                "options.commit_every works with append and upsert: replace and mirror need the whole run in one transaction",
+            ));
+        }
+        if options.incremental.is_some()
+            && matches!(write, WriteMethod::Replace | WriteMethod::Mirror)
+        {
+            return Err(Error::invalid(format!(
+                "options.incremental does not work with {}: an incremental run sees only new rows, and {} would delete the rest",
+                write.name(),
+                write.name()
+            ))
+            .with_hint("use append or upsert"));
+        }
+        if !write.uses_keys() && args.key_columns.is_some() {
+            return Err(Error::invalid(
+                "key_columns are for the upsert and mirror write methods",
+            ));
+        }
+        Ok(JobSpec {
+            args,
+            write,
+            fetch_options,
+            options,
+            schedule,
+        })
+    }
+}
+
+/// Splits a job's options into `api_fetch`'s and the job's own, checking the job's own.
+fn split_options(options: &Value) -> Result<(Value, JobOptions)> {
+    let Value::Object(all) = options else {
+        return Err(Error::invalid("options must be a JSON object"));
     };
     let mut fetch = Map::new();
+    let mut job = JobOptions::default();
     for (key, value) in all {
-        if !JOB_OPTIONS.contains(&key.as_str()) {
-            fetch.insert(key.clone(), value.clone());
-        } else if key == "incremental" {
-            Incremental::parse(value)?;
-        } else if key == "max_rejected" {
-            if value.as_u64().is_none() {
-                return Err(Error::invalid(
-                    "options.max_rejected must be a whole number, 0 or more",
-                ));
+        match key.as_str() {
+            "incremental" => job.incremental = Some(Incremental::parse(value)?),
+            "max_rejected" => {
+                job.max_rejected = value.as_u64().ok_or_else(|| {
+                    Error::invalid("options.max_rejected must be a whole number, 0 or more")
+                })?
             }
-        } else if key == "commit_every" {
-            if !value
-                .as_u64()
-                .is_some_and(|n| (1..=u64::from(u32::MAX)).contains(&n))
-            {
-                return Err(Error::invalid(
-                    "options.commit_every must be a positive number of pages",
-                ));
+            "commit_every" => {
+                job.commit_every = Some(
+                    value
+                        .as_u64()
+                        .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                "options.commit_every must be a positive number of pages",
+                            )
+                        })? as u32,
+                )
             }
-        } else {
-            return Err(Error::not_supported(format!(
-                "options.{key} is not supported yet"
-            )));
+            _ => {
+                fetch.insert(key.clone(), value.clone());
+            }
         }
     }
-    Ok(Some(Value::Object(fetch)))
-}
-
-/// `options.commit_every`: pages a transaction, for runs too big for one.
-pub fn commit_every(options: &Value) -> Option<u32> {
-    options
-        .get("commit_every")
-        .and_then(Value::as_u64)
-        .map(|n| n as u32)
-}
-
-/// `options.max_rejected`: rows that may fail conversion or a constraint, 0 by default.
-pub fn max_rejected(options: &Value) -> u64 {
-    options
-        .get("max_rejected")
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+    debug_assert!(JOB_OPTIONS.iter().all(|k| !fetch.contains_key(*k)));
+    Ok((Value::Object(fetch), job))
 }
 
 /// `options.incremental`: the cursor lives in the data. Each run sends `param` = the target's
@@ -177,16 +234,38 @@ impl Incremental {
     /// (quoted); `$1` is the lookback.
     pub fn cursor_sql(&self, column: &str) -> String {
         match &self.lookback {
-            None => format!("to_jsonb(max({column}))"),
-            Some(Value::String(_)) => format!("to_jsonb(max({column}) - $1::text::interval)"),
-            Some(_) => format!("to_jsonb(max({column}) - $1::text::numeric)"),
+            None => format!("pg_catalog.to_jsonb(pg_catalog.max({column}))"),
+            Some(Value::String(_)) => format!(
+                "pg_catalog.to_jsonb(pg_catalog.max({column}) - $1::pg_catalog.text::pg_catalog.interval)"
+            ),
+            Some(_) => format!(
+                "pg_catalog.to_jsonb(pg_catalog.max({column}) - $1::pg_catalog.text::pg_catalog.numeric)"
+            ),
         }
     }
 }
 
 /// A job row is readable by every member of its owner's roles: credentials must live in secrets.
-pub fn check_no_inline_credentials(headers: Option<&Value>, options: Option<&Value>) -> Result<()> {
+pub fn check_no_inline_credentials(
+    url: &str,
+    headers: Option<&Value>,
+    options: Option<&Value>,
+) -> Result<()> {
     let hint = "store it with apisync.create_secret(name, value) and give {\"secret\": name}";
+    if let Ok(parsed) = url::Url::parse(url) {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(Error::invalid(
+                "a job cannot keep credentials in its URL (user:password@)",
+            )
+            .with_hint("use options.auth with a secret"));
+        }
+        if let Some((key, _)) = parsed.query_pairs().find(|(key, _)| key_like(key)) {
+            return Err(Error::invalid(format!(
+                "a job cannot keep the credential query parameter \"{key}\" in its URL"
+            ))
+            .with_hint("use options.auth of type api_key with \"in\": \"query\" and a secret"));
+        }
+    }
     if let Some(Value::Object(headers)) = headers {
         if let Some(name) = headers.keys().find(|name| {
             crate::spec::CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str())
@@ -211,6 +290,23 @@ pub fn check_no_inline_credentials(headers: Option<&Value>, options: Option<&Val
         );
     }
     Ok(())
+}
+
+/// Query parameter names that carry credentials by convention.
+fn key_like(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace(['-', '_'], "");
+    [
+        "apikey",
+        "key",
+        "token",
+        "accesstoken",
+        "secret",
+        "clientsecret",
+        "password",
+        "signature",
+        "sig",
+    ]
+    .contains(&name.as_str())
 }
 
 /// A job's schedule, in pg_cron's syntax: five cron fields (UTC, as pg_cron's default) or
@@ -248,6 +344,13 @@ impl Schedule {
         let cron = croner::Cron::new(text)
             .parse()
             .map_err(|e| invalid(e.to_string()))?;
+        // A pattern such as "0 0 30 2 *" parses but never fires: refused, never run every tick.
+        if cron
+            .find_next_occurrence(&chrono::Utc::now(), false)
+            .is_err()
+        {
+            return Err(invalid("it never fires".into()));
+        }
         Ok(Schedule::Cron(Box::new(cron)))
     }
 
@@ -282,40 +385,58 @@ mod tests {
         assert!(WriteMethod::Mirror.uses_keys() && !WriteMethod::Replace.uses_keys());
     }
 
+    fn args(options: Value, write_method: &str) -> JobArgs {
+        JobArgs {
+            url: "http://127.0.0.1/x".into(),
+            method: "GET".into(),
+            path: "$".into(),
+            headers: json!({}),
+            options,
+            write_method: write_method.into(),
+            ..JobArgs::default()
+        }
+    }
+
     #[test]
     fn job_options_are_split_off() {
-        let options = json!({"timeout_ms": 5, "max_rejected": 0});
-        assert_eq!(
-            fetch_options(Some(&options)).unwrap(),
-            Some(json!({"timeout_ms": 5}))
-        );
-        assert!(fetch_options(Some(&json!({"max_rejected": -1}))).is_err());
-        assert_eq!(max_rejected(&json!({"max_rejected": 7})), 7);
-        let err = fetch_options(Some(&json!({"commit_every": 0}))).unwrap_err();
-        assert!(
-            err.message
-                .contains("commit_every must be a positive number"),
-            "{}",
-            err.message
-        );
-        assert_eq!(commit_every(&json!({"commit_every": 10})), Some(10));
+        let spec =
+            JobSpec::parse(args(json!({"timeout_ms": 5, "max_rejected": 7}), "append")).unwrap();
+        assert_eq!(spec.fetch_options, json!({"timeout_ms": 5}));
+        assert_eq!(spec.options.max_rejected, 7);
+        let err =
+            |options: Value, write: &str| JobSpec::parse(args(options, write)).unwrap_err().message;
+        assert!(err(json!({"max_rejected": -1}), "append").contains("max_rejected"));
+        assert!(err(json!({"commit_every": 0}), "append")
+            .contains("commit_every must be a positive number"));
+        assert!(err(json!({"commit_every": 5}), "replace")
+            .contains("replace and mirror need the whole run"));
+        let spec = JobSpec::parse(args(json!({"commit_every": 10}), "upsert")).unwrap();
+        assert_eq!(spec.options.commit_every, Some(10));
         let incremental = json!({"incremental": {"cursor_column": "id", "param": "since", "initial": 0}, "retries": 1});
-        assert_eq!(
-            fetch_options(Some(&incremental)).unwrap(),
-            Some(json!({"retries": 1}))
-        );
+        let spec = JobSpec::parse(args(incremental.clone(), "append")).unwrap();
+        assert_eq!(spec.fetch_options, json!({"retries": 1}));
+        for write in ["replace", "mirror"] {
+            assert!(
+                err(incremental.clone(), write).contains("does not work with"),
+                "{write}"
+            );
+        }
         let typo = json!({"incremental": {"cursor_colum": "id", "param": "since"}});
-        assert!(fetch_options(Some(&typo))
-            .unwrap_err()
-            .message
-            .contains("unknown field `cursor_colum`"));
+        assert!(err(typo, "append").contains("unknown field `cursor_colum`"));
         let lookback =
             Incremental::parse(&json!({"cursor_column": "ts", "param": "p", "lookback": "1 hour"}))
                 .unwrap();
         assert_eq!(
             lookback.cursor_sql("ts"),
-            "to_jsonb(max(ts) - $1::text::interval)"
+            "pg_catalog.to_jsonb(pg_catalog.max(ts) - $1::pg_catalog.text::pg_catalog.interval)"
         );
+        assert!(err(json!({}), "merge").contains("unknown write_method \"merge\""));
+        let mut keyed = args(json!({}), "append");
+        keyed.key_columns = Some(vec!["id".into()]);
+        assert!(JobSpec::parse(keyed)
+            .unwrap_err()
+            .message
+            .contains("key_columns are for"));
     }
 
     #[test]
@@ -347,6 +468,7 @@ mod tests {
             "90 seconds",
             "every minute",
             "0 0 * * * *",
+            "0 0 30 2 *",
         ] {
             let err = Schedule::parse(bad).unwrap_err();
             assert!(
@@ -359,7 +481,9 @@ mod tests {
 
     #[test]
     fn credentials_must_be_secrets() {
+        let url = "https://api.example.com/v1";
         let err = check_no_inline_credentials(
+            url,
             None,
             Some(&json!({"auth": {"type": "bearer", "token": "t"}})),
         )
@@ -369,10 +493,19 @@ mod tests {
             "{}",
             err.message
         );
-        let err = check_no_inline_credentials(Some(&json!({"Authorization": "Bearer t"})), None)
-            .unwrap_err();
+        let err =
+            check_no_inline_credentials(url, Some(&json!({"Authorization": "Bearer t"})), None)
+                .unwrap_err();
         assert!(err.message.contains("\"Authorization\""), "{}", err.message);
+        let err =
+            check_no_inline_credentials("https://u:p@api.example.com/", None, None).unwrap_err();
+        assert!(err.message.contains("user:password@"), "{}", err.message);
+        let err =
+            check_no_inline_credentials("https://api.example.com/?page=1&api_key=k", None, None)
+                .unwrap_err();
+        assert!(err.message.contains("\"api_key\""), "{}", err.message);
         check_no_inline_credentials(
+            "https://api.example.com/?page=1",
             Some(&json!({"X-Tenant": "a"})),
             Some(&json!({"auth": {"type": "bearer", "secret": "s"}})),
         )

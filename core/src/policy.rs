@@ -107,6 +107,12 @@ impl NetworkPolicy {
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), PolicyDenied> {
         let ip = canonical(ip);
+        // 0.0.0.0 and :: connect to the local host: never a destination, whatever the setting.
+        if ip.is_unspecified() {
+            return Err(PolicyDenied(format!(
+                "address {ip} is the unspecified address, which is never connected to"
+            )));
+        }
         match self.denied_networks.iter().find(|n| n.contains(ip)) {
             Some(network) => Err(PolicyDenied(format!(
                 "address {ip} is in {network}, which apisync.denied_networks denies"
@@ -246,13 +252,25 @@ mod tests {
             "http://0xA9FEA9FE/",
             "http://169.254.43518/",
             "http://[fe80::1]/",
-            "http://0.0.0.0:8080/",
         ] {
             let err = check(&p, url).unwrap_err();
             assert!(err.contains("apisync.denied_networks"), "{url}: {err}");
         }
         assert!(check(&p, "http://127.0.0.1:8080/").is_ok());
         assert!(check(&p, "http://[::1]:8080/").is_ok());
+    }
+
+    #[test]
+    fn unspecified_addresses_are_never_connected_to() {
+        let open = NetworkPolicy::parse("*", "").unwrap();
+        for url in [
+            "http://0.0.0.0:5432/",
+            "http://[::]:5432/",
+            "http://[::ffff:0.0.0.0]/",
+        ] {
+            let err = check(&open, url).unwrap_err();
+            assert!(err.contains("unspecified address"), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -1,55 +1,138 @@
-//! A run, in a dynamic background worker connected as the job's owner: one transaction records
-//! the run as running (or skipped), one writes the target and the run's success together (so the
-//! target shows all of a run or none of it), and a failure is recorded in a transaction of its own.
+//! A run, in a dynamic background worker. The worker connects as the bootstrap superuser and
+//! records the run in the catalog; the fetch and the writes run with exactly the job owner's
+//! rights (`roles::as_role`, which also serves NOLOGIN owners). One transaction records the run
+//! as running (or skipped), one writes the target and the run's success together (so the target
+//! shows all of a run or none of it) — or, with commit_every, one per step — and a failure is
+//! recorded in a transaction of its own.
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::rc::Rc;
+use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
-use pgrx::pg_sys::panic::CaughtError;
-use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB};
-
-use super::WriteMethod;
-use crate::error::{Error, SqlState};
-use crate::fetch::{Http, PageStream};
-use crate::sql::fetch::{
-    collect_rejects, fetch_spec, next_page, reject, set_chunk, take_rejects, track_run, tracked,
-    Chunk, FetchStats, Rejected,
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
 };
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use super::catalog::{self, JobRow, Outcome, Written};
+use super::sql::{build_fetch_spec, check, Checked};
+use super::WriteMethod;
+use crate::error::{Error, Result, SqlState};
+use crate::roles::{as_role, is_superuser, quote, role_name};
+use crate::settings;
+use crate::sql::fetch::{lend, start, Fetch, FetchStats, Rejected, Requester, RunTally};
 use crate::sql::OrRaise;
 
-/// Advisory lock class of job runs ("apis"): one run of a job at a time.
-pub const LOCK_CLASS: i32 = 0x6170_6973;
+/// What a run worker is started with (its `bgw_extra`): the database, the job, the run's id and
+/// what started it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunRequest {
+    pub database: Oid,
+    pub job_id: i64,
+    pub run_id: i64,
+    pub trigger: Trigger,
+}
 
-/// Starts a run worker for job `job_id` as `owner`, with a new run id; `notify` is the process
-/// that waits for it (run_job), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Schedule,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+        }
+    }
+}
+
+impl RunRequest {
+    fn encode(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.database.to_u32(),
+            self.job_id,
+            self.run_id,
+            self.trigger.name()
+        )
+    }
+
+    fn decode(text: &str) -> std::result::Result<RunRequest, String> {
+        let malformed = || format!("malformed run request \"{text}\"");
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let [database, job_id, run_id, trigger] = fields[..] else {
+            return Err(malformed());
+        };
+        Ok(RunRequest {
+            database: Oid::from(database.parse::<u32>().map_err(|_| malformed())?),
+            job_id: job_id.parse().map_err(|_| malformed())?,
+            run_id: run_id.parse().map_err(|_| malformed())?,
+            trigger: match trigger {
+                "manual" => Trigger::Manual,
+                "schedule" => Trigger::Schedule,
+                _ => return Err(malformed()),
+            },
+        })
+    }
+}
+
+/// Whether `job` may run at all: its owner exists, and is no superuser while
+/// apisync.enable_superuser_jobs is off. Checked where a run starts and again in the worker.
+pub fn check_owner(job: &JobRow) -> Result<()> {
+    if role_name(job.owner).is_none() {
+        return Err(Error::new(
+            SqlState::UndefinedObject,
+            format!(
+                "apisync job \"{}\": its owner (role OID {}) no longer exists, so it never runs",
+                job.name,
+                job.owner.to_u32()
+            ),
+        )
+        .with_hint(
+            "a superuser hands it to another role with apisync.alter_job(name, owner => ...)",
+        ));
+    }
+    if is_superuser(job.owner) && !settings::ENABLE_SUPERUSER_JOBS.get() {
+        return Err(Error::new(
+            SqlState::InsufficientPrivilege,
+            format!(
+                "apisync job \"{}\" is owned by a superuser, and apisync.enable_superuser_jobs is off",
+                job.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts a run worker for `job` with a new run id; `notify` is the process that waits for it
+/// (run_job), if any.
 pub fn start_worker(
-    job_id: i64,
-    name: &str,
-    owner: pg_sys::Oid,
-    trigger: &str,
+    job: &JobRow,
+    trigger: Trigger,
     notify: Option<i32>,
-) -> Result<(DynamicBackgroundWorker, i64), Error> {
-    let run_id = Spi::get_one::<i64>("SELECT nextval('apisync.job_runs_run_id_seq')")
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::internal("could not draw a run id"))?;
-    // SAFETY: reads a session global on the backend thread.
-    let database = unsafe { pg_sys::MyDatabaseId };
-    let extra = format!(
-        "{} {} {job_id} {run_id} {trigger}",
-        database.to_u32(),
-        owner.to_u32()
-    );
-    let mut builder = BackgroundWorkerBuilder::new(&format!("apisync run {run_id} of {name}"))
-        .set_type("apisync run")
-        .set_library("pg_apisync")
-        .set_function("apisync_run_worker")
-        .enable_spi_access()
-        .set_extra(&extra)
-        .set_restart_time(None);
+) -> Result<(DynamicBackgroundWorker, i64)> {
+    let run_id = catalog::next_run_id()?;
+    let request = RunRequest {
+        // SAFETY: reads a session global on the backend thread.
+        database: unsafe { pg_sys::MyDatabaseId },
+        job_id: job.job_id,
+        run_id,
+        trigger,
+    };
+    let mut builder =
+        BackgroundWorkerBuilder::new(&format!("apisync run {run_id} of job {}", job.job_id))
+            .set_type("apisync run")
+            .set_library("pg_apisync")
+            .set_function("apisync_run_worker")
+            .enable_spi_access()
+            .set_extra(&request.encode())
+            .set_restart_time(None);
     if let Some(pid) = notify {
         builder = builder.set_notify_pid(pid);
     }
@@ -63,89 +146,81 @@ pub fn start_worker(
     Ok((worker, run_id))
 }
 
-struct Job {
-    target: pg_sys::Oid,
-    url: String,
-    method: String,
-    body: Option<JsonB>,
-    path: String,
-    headers: JsonB,
-    paging: Option<JsonB>,
-    options: JsonB,
-    write: WriteMethod,
-    keys: Vec<String>,
-}
-
-#[derive(Default)]
-struct Written {
-    inserted: i64,
-    updated: i64,
-    deleted: i64,
-    rejected: i64,
-}
-
-impl Written {
-    fn add(&mut self, step: &Written) {
-        self.inserted += step.inserted;
-        self.updated += step.updated;
-        self.deleted += step.deleted;
-        self.rejected += step.rejected;
+/// run_job: starts a run of `job` and waits for its worker (a cancel stops the worker too);
+/// returns the run id, whose row the worker wrote.
+pub fn run_and_wait(job: &JobRow) -> Result<i64> {
+    // SAFETY: reads a session variable on the backend thread.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(Error::new(
+            SqlState::InvalidTransactionState,
+            "run_job needs READ COMMITTED: the run commits in its own transaction",
+        ));
     }
+    check_owner(job)?;
+    // The worker would wait for a lock this transaction holds, and this transaction for the worker.
+    let holds_target = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+                        WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+                          AND relation OPERATOR(pg_catalog.=) $1 AND granted)",
+        &[job.target.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if holds_target {
+        return Err(Error::new(
+            SqlState::Raised(SqlState::from_code("55P03").packed()),
+            format!(
+                "apisync job \"{}\": this transaction holds a lock on the target table, which the run would wait for",
+                job.name
+            ),
+        )
+        .with_hint("call run_job in a transaction that has not touched the target"));
+    }
+    // SAFETY: reads a session global on the backend thread.
+    let pid = unsafe { pg_sys::MyProcPid };
+    let (worker, run_id) = start_worker(job, Trigger::Manual, Some(pid))?;
+    loop {
+        match worker.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => break,
+            Err(BackgroundWorkerStatus::PostmasterDied) => {
+                return Err(Error::internal("the postmaster died during the run"))
+            }
+            _ => {}
+        }
+        if crate::interrupt::pending() {
+            let _ = worker.terminate();
+            pgrx::check_for_interrupts!();
+            return Err(Error::cancelled());
+        }
+        crate::interrupt::sleep_on_latch(Duration::from_millis(100));
+    }
+    Ok(run_id)
 }
 
-/// The target table as the writes name it.
-struct Target {
-    /// Qualified and quoted, as `regclass` prints it.
-    name: String,
-    /// Quoted, in order; no dropped or generated columns.
-    columns: Vec<String>,
-    /// The schema of api_fetch (the extension's), quoted.
-    schema: String,
-}
-
-/// The worker's entry point; `bgw_extra` holds "database owner job_id run_id trigger".
+/// The worker's entry point.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
-    let extra = BackgroundWorker::get_extra().to_string();
-    let fields: Vec<&str> = extra.split_whitespace().collect();
-    let [database, owner, job_id, run_id, trigger] = fields[..] else {
-        error!("apisync run worker: malformed arguments \"{extra}\"")
-    };
-    let oid = |text: &str| pg_sys::Oid::from(text.parse::<u32>().unwrap_or(0));
-    let (job_id, run_id) = (
-        job_id.parse::<i64>().unwrap_or(0),
-        run_id.parse::<i64>().unwrap_or(0),
-    );
+    let request = RunRequest::decode(BackgroundWorker::get_extra())
+        .unwrap_or_else(|e| error!("apisync run worker: {e}"));
     // SAFETY: signal setup of a background worker, before unblocking signals.
     unsafe {
         pg_sys::pqsignal(libc::SIGTERM, Some(on_sigterm));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid(database)), Some(oid(owner)));
-
-    let started = BackgroundWorker::transaction(|| begin(job_id, run_id, trigger));
-    if !started {
+    // As the bootstrap superuser: the catalog is written with its rights, the run with the owner's.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(request.database), None);
+    let run_id = request.run_id;
+    let Some(job) = transaction(|| begin(&request)) else {
         return;
-    }
-    // What committed steps wrote, for a run with commit_every that fails part way.
+    };
+    // What committed steps wrote, for a run with commit_every that fails part way, and the
+    // fetch, whose counts the failure records.
     let committed = RefCell::new(Written::default());
+    let fetch: RefCell<Option<Rc<RefCell<Fetch>>>> = RefCell::new(None);
     let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
-        let job = transaction(|| load(job_id));
-        track_run(run_id);
-        let max_rejected = super::max_rejected(&job.options.0);
-        if max_rejected > 0 {
-            collect_rejects(max_rejected);
-        }
-        match super::commit_every(&job.options.0) {
-            None => transaction(|| {
-                let target = target_of(&job);
-                let mut written = write(&job, &target, Source::Fetch);
-                written.rejected = save_rejects(run_id);
-                record(run_id, &tracked(), &written, "succeeded", None);
-            }),
-            Some(every) => write_in_steps(run_id, &job, every, &committed),
-        }
+        run(&job, run_id, &committed, &fetch);
         None
     }))
     .catch_others(|caught| Some(describe(caught)))
@@ -154,72 +229,24 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
         log!("apisync run {run_id} failed: {message} (SQLSTATE {sqlstate})");
         // SAFETY: leaves the failed transaction, as a worker's error recovery does.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
-        let error = Some((message.as_str(), sqlstate.as_str()));
-        transaction(|| record(run_id, &tracked(), &committed.borrow(), "failed", error));
-    }
-}
-
-/// Where a write takes its rows from.
-enum Source {
-    /// `api_fetch` over the job's arguments, in the statement itself.
-    Fetch,
-    /// The rows of one step of a run with commit_every (`apisync._chunk_rows`).
-    Chunk,
-}
-
-/// A run with `options.commit_every`: `every` pages a transaction, the run row updated with each,
-/// so a failure leaves the steps before it written and says how far the run got.
-fn write_in_steps(run_id: i64, job: &Job, every: u32, committed: &RefCell<Written>) {
-    let (target, spec) = transaction(|| {
-        let target = target_of(job);
-        let (url, body) = incremental_request(job, &target.name);
-        let options = super::fetch_options(Some(&job.options.0)).ok().flatten();
-        let names = crate::spec::secret_names(options.as_ref());
-        let args = crate::spec::RequestArgs {
-            url: Some(&url),
-            method: Some(&job.method),
-            body,
-            headers: Some(job.headers.0.clone()),
-            options,
-            secrets: crate::sql::secrets::lookup(&names),
+        let stats = stats_of(&fetch.borrow());
+        let failed = Outcome::Failed {
+            message: &message,
+            sqlstate: &sqlstate,
         };
-        (
-            target,
-            fetch_spec(args, Some(&job.path), job.paging.as_ref()),
-        )
-    });
-    let columns = spec.columns.clone();
-    let http = Http::get().or_raise();
-    let mut stream = PageStream::start(http, Arc::new(spec), None).or_raise();
-    let mut numbered = 0;
-    let mut more = true;
-    while more {
-        let mut rows = Vec::new();
-        for _ in 0..every {
-            match next_page(&http.runtime, &mut stream) {
-                Some(page) => rows.extend(page.rows.into_values()),
-                None => {
-                    more = false;
-                    break;
-                }
-            }
-        }
-        let count = rows.len() as u64;
-        set_chunk(Chunk {
-            rows,
-            columns: columns.clone(),
-            numbered_after: numbered,
-        });
-        numbered += count;
-        transaction(|| {
-            let mut written = write(job, &target, Source::Chunk);
-            written.rejected = save_rejects(run_id);
-            let mut total = committed.borrow_mut();
-            total.add(&written);
-            let status = if more { "running" } else { "succeeded" };
-            record(run_id, &tracked(), &total, status, None);
-        });
+        transaction(|| catalog::record(run_id, &stats, &committed.borrow(), failed).or_raise());
     }
+}
+
+fn stats_of(fetch: &Option<Rc<RefCell<Fetch>>>) -> FetchStats {
+    fetch
+        .as_ref()
+        .and_then(|f| {
+            f.try_borrow()
+                .ok()
+                .and_then(|f| f.run.as_ref().map(|r| r.stats))
+        })
+        .unwrap_or_default()
 }
 
 /// SIGTERM (run_job cancelled, DROP DATABASE, shutdown) ends the run as `die` ends a backend's
@@ -232,6 +259,8 @@ unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
     }
 }
 
+/// A transaction of the worker, with every statement's search_path pinned and lock waits on the
+/// catalog bounded.
 fn transaction<R>(body: impl FnOnce() -> R) -> R {
     // SAFETY: a plain transaction of a connected background worker.
     unsafe {
@@ -239,6 +268,8 @@ fn transaction<R>(body: impl FnOnce() -> R) -> R {
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
+    Spi::run("SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL lock_timeout = '10s'")
+        .unwrap_or_else(|e| error!("apisync run: {e}"));
     let result = body();
     // SAFETY: closes what was opened above.
     unsafe {
@@ -249,151 +280,183 @@ fn transaction<R>(body: impl FnOnce() -> R) -> R {
 }
 
 /// Takes the job's run lock and records the run as running; without the lock, records it as
-/// skipped. Runs still marked running hold no lock: their worker is gone, so they failed.
-fn begin(job_id: i64, run_id: i64, trigger: &str) -> bool {
-    let locked = Spi::get_one_with_args::<bool>(
-        "SELECT pg_try_advisory_lock($1, $2::int)",
-        &[LOCK_CLASS.into(), job_id.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    let status = if locked { "running" } else { "skipped" };
+/// skipped and returns `None`. Runs of the job still marked running hold no lock: their worker
+/// is gone, so they failed.
+fn begin(request: &RunRequest) -> Option<JobRow> {
+    let job = catalog::read(request.job_id)
+        .or_raise()
+        .unwrap_or_else(|| error!("apisync run {}: the job was dropped", request.run_id));
+    let locked = catalog::try_lock_run(job.job_id);
     if locked {
-        Spi::run_with_args(
-            "UPDATE apisync.job_runs SET status = 'failed', finished_at = clock_timestamp(), sqlstate = '57P01',
-                    error = 'interrupted: its worker ended before the run finished (crash, restart or termination)'
-             WHERE job_id = $1 AND status = 'running'",
-            &[job_id.into()],
-        )
-        .unwrap_or_else(|e| error!("apisync run {run_id}: {e}"));
+        catalog::fail_interrupted_runs(Some(job.job_id));
     }
-    Spi::run_with_args(
-        "INSERT INTO apisync.job_runs (run_id, job_id, job_name, owner, trigger, status, pid, finished_at, error)
-         SELECT $1, job_id, name, owner, $2, $3, pg_backend_pid(),
-                CASE WHEN $3 = 'skipped' THEN clock_timestamp() END,
-                CASE WHEN $3 = 'skipped' THEN 'another run of this job was in progress' END
-         FROM apisync.jobs WHERE job_id = $4",
-        &[run_id.into(), trigger.into(), status.into(), job_id.into()],
-    )
-    .unwrap_or_else(|e| error!("apisync run {run_id}: {e}"));
-    locked
+    catalog::begin_run(&job, request.run_id, request.trigger.name(), locked).or_raise();
+    locked.then_some(job)
 }
 
-fn load(job_id: i64) -> Job {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT target::oid, url, method, body, path, headers, paging, options, write_method,
-                    coalesce(key_columns, '{}')
-             FROM apisync.jobs WHERE job_id = $1",
-            Some(1),
-            &[job_id.into()],
-        )?;
-        if rows.is_empty() {
-            error!("the job was dropped");
+/// The run: checked again as at create_job, then fetched and written with the owner's rights.
+fn run(
+    job: &JobRow,
+    run_id: i64,
+    committed: &RefCell<Written>,
+    slot: &RefCell<Option<Rc<RefCell<Fetch>>>>,
+) {
+    let owner = job.owner;
+    // The first (or only) transaction: checks, the cursor, the fetch started.
+    let first = || {
+        check_owner(job).or_raise();
+        let checked = check(owner, job.target, job.args.clone()).or_raise();
+        let request = incremental_request(&checked);
+        let spec = build_fetch_spec(owner, &checked.spec, request);
+        let tally = RunTally {
+            run_id,
+            max_rejected: (checked.spec.options.max_rejected > 0)
+                .then_some(checked.spec.options.max_rejected),
+            ..RunTally::default()
+        };
+        // The fetch outlives this transaction when the run commits in steps.
+        // SAFETY: the worker's top context lives as long as the process; the fetch is dropped
+        // before the worker exits.
+        let fetch = unsafe {
+            pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                start(
+                    spec,
+                    checked.target.rowtype,
+                    Requester::JobOwner(owner),
+                    Some(tally),
+                )
+            })
+        };
+        let fetch = Rc::new(RefCell::new(fetch));
+        *slot.borrow_mut() = Some(fetch.clone());
+        (checked, fetch)
+    };
+    let Some(every) = job_commit_every(job) else {
+        transaction(|| {
+            as_role(owner, || {
+                let (checked, fetch) = first();
+                let mut written = write(&checked, &fetch);
+                let cut_by = cut_by(&checked, &fetch);
+                written.rejected = save_rejects(run_id, owner, &fetch);
+                let stats = stats_of(&Some(fetch));
+                let outcome = Outcome::Succeeded { cut_by };
+                catalog::record(run_id, &stats, &written, outcome).or_raise();
+            })
+        });
+        return;
+    };
+    let (checked, fetch) = transaction(|| as_role(owner, first));
+    loop {
+        fetch.borrow_mut().allow_pages(every);
+        let finished = transaction(|| {
+            as_role(owner, || {
+                let mut written = write(&checked, &fetch);
+                written.rejected = save_rejects(run_id, owner, &fetch);
+                let mut total = committed.borrow_mut();
+                total.add(&written);
+                let finished = fetch.borrow().finished();
+                let outcome = if finished {
+                    Outcome::Succeeded {
+                        cut_by: cut_by(&checked, &fetch),
+                    }
+                } else {
+                    Outcome::Running
+                };
+                let stats = stats_of(&Some(fetch.clone()));
+                catalog::record(run_id, &stats, &total, outcome).or_raise();
+                finished
+            })
+        });
+        if finished {
+            return;
         }
-        let row = rows.first();
-        let text = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
-        Ok::<_, pgrx::spi::Error>(Job {
-            target: row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::Oid::INVALID),
-            url: text(2),
-            method: text(3),
-            body: row.get::<JsonB>(4)?,
-            path: text(5),
-            headers: row.get::<JsonB>(6)?.unwrap_or(JsonB(serde_json::json!({}))),
-            paging: row.get::<JsonB>(7)?,
-            options: row.get::<JsonB>(8)?.unwrap_or(JsonB(serde_json::json!({}))),
-            write: WriteMethod::parse(&text(9)).unwrap_or(WriteMethod::Append),
-            keys: row.get::<Vec<String>>(10)?.unwrap_or_default(),
-        })
-    })
-    .unwrap_or_else(|e| error!("could not read the job: {e}"))
-}
-
-fn target_of(job: &Job) -> Target {
-    let one = |sql: &str, args: &[pgrx::datum::DatumWithOid]| -> Option<String> {
-        Spi::get_one_with_args::<String>(sql, args).unwrap_or_else(|e| error!("{e}"))
-    };
-    let name = one("SELECT $1::regclass::text", &[job.target.into()]).unwrap_or_default();
-    let columns: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
-        "SELECT array_agg(quote_ident(attname) ORDER BY attnum) FROM pg_attribute
-         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
-        &[job.target.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    let schema = one(
-        "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-         WHERE e.extname = 'pg_apisync'",
-        &[],
-    )
-    .unwrap_or_else(|| "public".into());
-    Target {
-        name,
-        columns,
-        schema,
     }
 }
 
-/// The write method, as SQL over the rows of `source` typed by the target's row type.
-fn write(job: &Job, target: &Target, source: Source) -> Written {
-    let (schema, columns) = (&target.schema, &target.columns);
-    let target = &target.name;
-    let list = columns.join(", ");
-    let fetched = match source {
-        Source::Fetch => format!("{schema}.api_fetch($1, $2, $3, $4, $5, $6, $7, NULL::{target})"),
-        Source::Chunk => format!("apisync._chunk_rows(NULL::{target})"),
-    };
-    let (url, body) = match source {
-        Source::Fetch => incremental_request(job, target),
-        Source::Chunk => (String::new(), None),
-    };
-    // The stored options minus the job's own.
-    let options = super::fetch_options(Some(&job.options.0))
+fn job_commit_every(job: &JobRow) -> Option<u32> {
+    super::JobSpec::parse(job.args.clone())
         .ok()
-        .flatten()
-        .unwrap_or(serde_json::json!({}));
-    let args = || -> Vec<pgrx::datum::DatumWithOid<'static>> {
-        if matches!(source, Source::Chunk) {
-            return vec![];
-        }
-        vec![
-            url.clone().into(),
-            job.method.clone().into(),
-            body.as_ref().map(|b| JsonB(b.clone())).into(),
-            job.path.clone().into(),
-            JsonB(job.headers.0.clone()).into(),
-            job.paging.as_ref().map(|p| JsonB(p.0.clone())).into(),
-            JsonB(options.clone()).into(),
-        ]
-    };
-    let processed = |sql: &str, with_args: bool| -> i64 {
-        Spi::connect_mut(|client| {
-            let args = if with_args { args() } else { vec![] };
-            client
-                .update(sql, None, &args)
-                .map(|table| table.len() as i64)
-        })
-        .unwrap_or_else(|e| error!("{e}"))
-    };
-    let max_rejected = super::max_rejected(&job.options.0);
-    let mut written = Written::default();
-    if job.write == WriteMethod::Replace {
-        written.deleted = processed(&format!("DELETE FROM {target}"), false);
+        .and_then(|spec| spec.options.commit_every)
+}
+
+/// What cut the fetch, for the run row; a cut `replace` or `mirror` fails instead (its
+/// transaction is undone, the target unchanged): they need all the data.
+fn cut_by(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Option<&'static str> {
+    let max_pages = fetch.borrow().run.as_ref()?.cut_by_max_pages?;
+    if matches!(
+        checked.spec.write,
+        WriteMethod::Replace | WriteMethod::Mirror
+    ) {
+        crate::sql::raise(
+            Error::new(
+                SqlState::ProgramLimitExceeded,
+                format!(
+                    "the fetch stopped after {max_pages} pages (max_pages) while the API had more: {} needs all the data, so the target was left as it was",
+                    checked.spec.write.name()
+                ),
+            )
+            .with_hint("raise max_pages in the paging spec, or apisync.max_pages"),
+        );
     }
-    // The set-returning call sits in FROM, where api_fetch fills PostgreSQL's tuplestore itself
+    Some("max_pages")
+}
+
+fn save_rejects(run_id: i64, owner: Oid, fetch: &Rc<RefCell<Fetch>>) -> i64 {
+    let rows = fetch
+        .borrow_mut()
+        .run
+        .as_mut()
+        .map(|run| std::mem::take(&mut run.rejected))
+        .unwrap_or_default();
+    catalog::save_rejects(run_id, owner, rows).or_raise()
+}
+
+/// The write method, as SQL over the rows of the fetch (`apisync._job_rows`), typed by the target's
+/// row type (a parameter of that type: no name is parsed as a type).
+fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
+    let target = &checked.target;
+    let write_method = checked.spec.write;
+    let key_names = checked.keys.clone().unwrap_or_default();
+    let (name, columns) = (&target.name, &target.columns);
+    let list = columns.join(", ");
+    let fetched = "apisync._job_rows($1)";
+    let rowtype = target.rowtype;
+    let processed = |sql: &str, reads_fetch: bool| -> i64 {
+        let run = || {
+            Spi::connect_mut(|client| {
+                let args = if reads_fetch {
+                    vec![pgrx::datum::DatumWithOid::null_oid(rowtype)]
+                } else {
+                    vec![]
+                };
+                client
+                    .update(sql, None, &args)
+                    .map(|table| table.len() as i64)
+            })
+            .unwrap_or_else(|e| error!("{e}"))
+        };
+        if reads_fetch {
+            lend(fetch, run)
+        } else {
+            run()
+        }
+    };
+    let max_rejected = checked.spec.options.max_rejected;
+    let mut written = Written::default();
+    if write_method == WriteMethod::Replace {
+        written.deleted = processed(&format!("DELETE FROM {name}"), false);
+    }
+    // The set-returning call sits in FROM, where the fetch fills PostgreSQL's tuplestore itself
     // (spilling to a temporary file past work_mem): measured, that is a quarter faster than
     // rows one by one from a select list, which form a tuple per row and take it apart again.
-    if !job.write.uses_keys() && max_rejected == 0 {
-        // Straight from the API into the table.
+    if !write_method.uses_keys() && max_rejected == 0 {
         written.inserted = processed(
-            &format!("INSERT INTO {target} ({list}) SELECT {list} FROM {fetched} f"),
+            &format!("INSERT INTO {name} ({list}) SELECT {list} FROM {fetched} f"),
             true,
         );
         return written;
     }
-    let keys: Vec<String> = job.keys.iter().map(|k| quote_ident(k)).collect();
+    let keys: Vec<String> = key_names.iter().map(|k| quote(k)).collect();
     let keys = keys.join(", ");
     // Staged first: upsert needs the run's keys, and rejecting rows needs ranges to retry.
     // With keys, the last row of a key wins, as it would row by row. Keys seldom repeat within a
@@ -401,9 +464,9 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     // write fails with cardinality_violation and its subtransaction is undone) are they sorted
     // to keep each key's last row. Rejecting rows needs the kept rows from the start.
     let dedupe = format!(
-        "SELECT DISTINCT ON ({keys}) * FROM apisync_stage ORDER BY {keys}, apisync_row DESC"
+        "SELECT DISTINCT ON ({keys}) * FROM pg_temp.apisync_stage ORDER BY {keys}, apisync_row DESC"
     );
-    let (distinct, order) = if job.write.uses_keys() && max_rejected > 0 {
+    let (distinct, order) = if write_method.uses_keys() && max_rejected > 0 {
         (
             format!("DISTINCT ON ({keys})"),
             format!("ORDER BY {keys}, f.apisync_n DESC"),
@@ -411,38 +474,41 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     } else {
         (String::new(), String::new())
     };
+    processed("DROP TABLE IF EXISTS pg_temp.apisync_stage", false);
     processed(
         &format!(
             "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
              SELECT {distinct} {list}, f.apisync_n AS apisync_row
-             FROM (SELECT r.*, row_number() OVER () AS apisync_n FROM {fetched} r) f
+             FROM (SELECT r.*, pg_catalog.row_number() OVER () AS apisync_n FROM {fetched} r) f
              {order}"
         ),
         true,
     );
-    let range = "FROM apisync_stage WHERE apisync_row BETWEEN $1 AND $2";
-    let statement = if job.write.uses_keys() {
+    let range = "FROM pg_temp.apisync_stage WHERE apisync_row BETWEEN $1 AND $2";
+    let statement = if write_method.uses_keys() {
         format!(
             "WITH written AS (
-                 INSERT INTO {target} AS t ({list}) SELECT {list} {range}
+                 INSERT INTO {name} AS t ({list}) SELECT {list} {range}
                  ON CONFLICT ({keys}) DO {}
                  RETURNING (t.xmax = 0) AS inserted)
-             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
-            conflict_action(columns, &job.keys)
+             SELECT pg_catalog.count(*) FILTER (WHERE inserted), pg_catalog.count(*) FILTER (WHERE NOT inserted) FROM written",
+            conflict_action(columns, &key_names)
         )
     } else {
         format!(
-            "WITH written AS (INSERT INTO {target} ({list}) SELECT {list} {range} RETURNING 1)
-             SELECT count(*), 0::bigint FROM written"
+            "WITH written AS (INSERT INTO {name} ({list}) SELECT {list} {range} RETURNING 1)
+             SELECT pg_catalog.count(*), 0::pg_catalog.int8 FROM written"
         )
     };
-    let last = Spi::get_one::<i64>("SELECT coalesce(max(apisync_row), 0) FROM apisync_stage")
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let last = Spi::get_one::<i64>(
+        "SELECT coalesce(pg_catalog.max(apisync_row), 0) FROM pg_temp.apisync_stage",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
     let (inserted, updated) = if max_rejected > 0 {
-        write_rejecting(&statement, 1, last)
-    } else if job.write.uses_keys() {
+        write_rejecting(&statement, 1, last, fetch)
+    } else if write_method.uses_keys() {
         match in_subtransaction(|| write_range(&statement, 1, last)) {
             Ok(counts) => counts,
             Err(caught) if sqlstate_of(&caught) == "21000" => {
@@ -450,8 +516,11 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
                     &format!("CREATE TEMP TABLE apisync_kept ON COMMIT DROP AS {dedupe}"),
                     false,
                 );
-                processed("DROP TABLE apisync_stage", false);
-                processed("ALTER TABLE apisync_kept RENAME TO apisync_stage", false);
+                processed("DROP TABLE pg_temp.apisync_stage", false);
+                processed(
+                    "ALTER TABLE pg_temp.apisync_kept RENAME TO apisync_stage",
+                    false,
+                );
                 write_range(&statement, 1, last)
             }
             Err(caught) => (*caught).rethrow(),
@@ -461,16 +530,15 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
     };
     written.inserted = inserted;
     written.updated = updated;
-    if job.write == WriteMethod::Mirror {
-        let matches: Vec<String> = job
-            .keys
+    if write_method == WriteMethod::Mirror {
+        let matches: Vec<String> = key_names
             .iter()
-            .map(|k| quote_ident(k))
+            .map(|k| quote(k))
             .map(|k| format!("s.{k} = t.{k}"))
             .collect();
         written.deleted = processed(
             &format!(
-                "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM apisync_stage s WHERE {})",
+                "DELETE FROM {name} t WHERE NOT EXISTS (SELECT 1 FROM pg_temp.apisync_stage s WHERE {})",
                 matches.join(" AND ")
             ),
             false,
@@ -484,7 +552,7 @@ fn write(job: &Job, target: &Target, source: Source) -> Written {
 fn conflict_action(columns: &[String], keys: &[String]) -> String {
     let others: Vec<&String> = columns
         .iter()
-        .filter(|c| !keys.iter().any(|k| quote_ident(k) == **c))
+        .filter(|c| !keys.iter().any(|k| quote(k) == **c))
         .collect();
     if others.is_empty() {
         return "NOTHING".into();
@@ -514,7 +582,12 @@ fn write_range(statement: &str, first: i64, last: i64) -> (i64, i64) {
 /// `write_range`, setting aside the rows a constraint refuses: a range is tried in one
 /// subtransaction, and a failing range is halved until the failing rows stand alone, so good rows
 /// cost no subtransaction of their own.
-fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
+fn write_rejecting(
+    statement: &str,
+    first: i64,
+    last: i64,
+    fetch: &Rc<RefCell<Fetch>>,
+) -> (i64, i64) {
     if first > last {
         return (0, 0);
     }
@@ -524,26 +597,31 @@ fn write_rejecting(statement: &str, first: i64, last: i64) -> (i64, i64) {
         Ok(counts) => counts,
         Err((error, sqlstate)) if first == last => {
             let raw = Spi::get_one_with_args::<JsonB>(
-                "SELECT to_jsonb(s) - 'apisync_row' FROM apisync_stage s WHERE apisync_row = $1",
+                "SELECT pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.-) 'apisync_row'
+                 FROM pg_temp.apisync_stage s WHERE apisync_row OPERATOR(pg_catalog.=) $1",
                 &[first.into()],
             )
             .ok()
             .flatten()
             .map(|j| j.0)
             .unwrap_or(serde_json::Value::Null);
-            // Raises once the run has set aside more rows than it may.
-            reject(Rejected {
+            let rejected = Rejected {
                 row_number: first,
                 raw,
                 error,
                 sqlstate,
-            });
+            };
+            // Raises once the run has set aside more rows than it may.
+            let mut fetch = fetch.borrow_mut();
+            if let Some(run) = fetch.run.as_mut() {
+                run.reject(rejected).or_raise();
+            }
             (0, 0)
         }
         Err(_) => {
             let middle = first + (last - first) / 2;
-            let (a, b) = write_rejecting(statement, first, middle);
-            let (c, d) = write_rejecting(statement, middle + 1, last);
+            let (a, b) = write_rejecting(statement, first, middle, fetch);
+            let (c, d) = write_rejecting(statement, middle + 1, last, fetch);
             (a + c, b + d)
         }
     }
@@ -570,34 +648,29 @@ fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, Box<CaughtError>>
     result
 }
 
-/// The job's URL and body, carrying the incremental cursor when the job has one.
-fn incremental_request(job: &Job, target: &str) -> (String, Option<serde_json::Value>) {
-    let body = job.body.as_ref().map(|b| b.0.clone());
-    let incremental = match super::Incremental::of(&job.options.0) {
-        Ok(Some(incremental)) => incremental,
-        Ok(None) => return (job.url.clone(), body),
-        Err(e) => error!("{}", e.message),
-    };
-    let found =
-        cursor(&incremental, target, false).unwrap_or_else(|e| error!("options.incremental: {e}"));
-    let Some(cursor) = found
+/// The job's URL and body carrying the incremental cursor, when the job has one (read from the
+/// target with the owner's rights).
+fn incremental_request(checked: &Checked) -> Option<(String, Option<serde_json::Value>)> {
+    let args = &checked.spec.args;
+    let incremental = checked.spec.options.incremental.as_ref()?;
+    let found = cursor(incremental, &checked.target.name, false)
+        .unwrap_or_else(|e| error!("options.incremental: {e}"));
+    let cursor = found
         .filter(|v| !v.is_null())
-        .or(incremental.initial.clone())
-    else {
-        return (job.url.clone(), body);
-    };
-    match incremental.place {
+        .or(incremental.initial.clone())?;
+    let body = args.body.clone();
+    Some(match incremental.place {
         super::IncrementalPlace::Query => {
-            let mut url = url::Url::parse(&job.url).unwrap_or_else(|e| error!("invalid url: {e}"));
+            let mut url = url::Url::parse(&args.url).unwrap_or_else(|e| error!("invalid url: {e}"));
             crate::spec::paging::set_query(&mut url, &incremental.param, &cursor);
             (url.to_string(), body)
         }
         super::IncrementalPlace::Body => {
             let mut body = body.unwrap_or(serde_json::Value::Null);
             crate::spec::paging::set_dotted(&mut body, &incremental.param, cursor);
-            (job.url.clone(), Some(body))
+            (args.url.clone(), Some(body))
         }
-    }
+    })
 }
 
 /// The target's `max(cursor_column)` minus the lookback, as JSON; `plan_only` runs the query on no
@@ -607,7 +680,7 @@ pub fn cursor(
     target: &str,
     plan_only: bool,
 ) -> Result<Option<serde_json::Value>, pgrx::spi::Error> {
-    let column = quote_ident(&incremental.cursor_column);
+    let column = quote(&incremental.cursor_column);
     let filter = if plan_only { " WHERE false" } else { "" };
     let sql = format!(
         "SELECT {} FROM {target}{filter}",
@@ -622,75 +695,6 @@ pub fn cursor(
         None => Spi::get_one::<JsonB>(&sql),
     }?;
     Ok(found.map(|j| j.0))
-}
-
-fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
-/// Updates the run row: `running` (a step of a run with commit_every), `succeeded`, or `failed`
-/// with (message, SQLSTATE); with the counts so far.
-fn record(
-    run_id: i64,
-    stats: &FetchStats,
-    written: &Written,
-    status: &str,
-    error: Option<(&str, &str)>,
-) {
-    Spi::run_with_args(
-        "UPDATE apisync.job_runs SET status = $2,
-                finished_at = CASE WHEN $2 <> 'running' THEN clock_timestamp() END,
-                requests = $3, pages = $4, bytes = $5, rows_fetched = $6,
-                rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11,
-                rows_rejected = $12
-         WHERE run_id = $1",
-        &[
-            run_id.into(),
-            status.into(),
-            (stats.requests as i64).into(),
-            (stats.pages as i64).into(),
-            (stats.bytes as i64).into(),
-            (stats.rows as i64).into(),
-            written.inserted.into(),
-            written.updated.into(),
-            written.deleted.into(),
-            error.map(|(message, _)| message).into(),
-            error.map(|(_, sqlstate)| sqlstate).into(),
-            written.rejected.into(),
-        ],
-    )
-    .unwrap_or_else(|e| error!("could not record run {run_id}: {e}"));
-}
-
-/// Saves the rows set aside since the last save into apisync.rejected_rows; returns how many.
-fn save_rejects(run_id: i64) -> i64 {
-    let rows = take_rejects();
-    for row in &rows {
-        Spi::run_with_args(
-            "INSERT INTO apisync.rejected_rows (run_id, row_number, raw, error, sqlstate, owner)
-             SELECT $1, $2, $3, $4, $5, owner FROM apisync.job_runs WHERE run_id = $1",
-            &[
-                run_id.into(),
-                row.row_number.into(),
-                JsonB(row.raw.clone()).into(),
-                row.error.as_str().into(),
-                row.sqlstate.as_str().into(),
-            ],
-        )
-        .unwrap_or_else(|e| error!("could not record a rejected row of run {run_id}: {e}"));
-    }
-    rows.len() as i64
 }
 
 /// The SQLSTATE of a caught error.

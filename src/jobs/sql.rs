@@ -1,31 +1,97 @@
-//! The SQL face of jobs: the checks behind create_job / alter_job, and starting a run in a
-//! background worker. The catalog and the plpgsql wrappers are in catalog.sql.
+//! The SQL face of jobs: create_job, alter_job, drop_job, run_job. Each captures its caller (an
+//! OID), checks as the caller, and only then writes the catalog as its owner.
 
+use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
+
+use super::target::Target;
+use super::{JobArgs, JobSpec};
+use crate::error::{Error, Result};
+use crate::spec::RequestArgs;
+use crate::sql::fetch::fetch_spec;
+use crate::sql::rows::RowMaker;
+use crate::sql::secrets;
+
+/// A job checked as a run will use it: the spec, the target, the keys of the write method.
+pub struct Checked {
+    pub spec: JobSpec,
+    pub target: Target,
+    pub keys: Option<Vec<String>>,
+}
+
+/// Checks `args` for a job of `owner` writing `target`, by the same code at create_job, alter_job
+/// and each run: the spec, the owner's network privilege, the target and the owner's rights on
+/// it, the keys, the fetch spec with the owner's secrets, the columns and the incremental cursor.
+pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<Checked> {
+    let spec = JobSpec::parse(args)?;
+    crate::roles::require_network_privilege(owner)?;
+    let target = Target::inspect(target)?;
+    target.check_writer(owner, spec.write)?;
+    let keys = target.keys(spec.write, spec.args.key_columns.as_deref())?;
+    let fetch = build_fetch_spec(owner, &spec, None);
+    RowMaker::new(target.rowtype, fetch.columns)?;
+    if let Some(incremental) = &spec.options.incremental {
+        super::run::cursor(incremental, &target.name, true).map_err(|e| {
+            Error::invalid(format!("options.incremental does not fit the target: {e}"))
+        })?;
+    }
+    Ok(Checked { spec, target, keys })
+}
+
+/// The fetch spec of a job for `owner` (whose secrets it uses), with `request` — the URL and body
+/// carrying an incremental cursor — in place of the stored ones when given.
+pub fn build_fetch_spec(
+    owner: Oid,
+    spec: &JobSpec,
+    request: Option<(String, Option<serde_json::Value>)>,
+) -> crate::spec::FetchSpec {
+    let args = &spec.args;
+    let (url, body) = request.unwrap_or_else(|| (args.url.clone(), args.body.clone()));
+    let options = Some(spec.fetch_options.clone());
+    let names = crate::spec::secret_names(options.as_ref());
+    let request = RequestArgs {
+        url: Some(&url),
+        method: Some(&args.method),
+        body,
+        headers: Some(args.headers.clone()),
+        options,
+        secrets: secrets::lookup(owner, &names),
+    };
+    fetch_spec(request, Some(&args.path), args.paging.as_ref())
+}
 
 #[pg_schema]
 mod apisync {
-    use std::time::Duration;
-
-    use pgrx::bgworkers::BackgroundWorkerStatus;
+    use pgrx::pg_sys::{self, Oid};
     use pgrx::prelude::*;
-    use pgrx::{pg_sys, JsonB};
+    use pgrx::JsonB;
+    use serde_json::json;
 
+    use super::super::catalog::{self, JobRow};
+    use super::super::JobArgs;
+    use super::check;
     use crate::error::{Error, SqlState};
-    use crate::jobs::run::start_worker;
-    use crate::jobs::{check_no_inline_credentials, check_schedule, fetch_options, WriteMethod};
-    use crate::settings;
-    use crate::spec::RequestArgs;
-    use crate::sql::fetch::fetch_spec;
-    use crate::sql::rows::RowMaker;
-    use crate::sql::{raise, secrets, OrRaise};
+    use crate::roles::{current_user, is_superuser, role_name};
+    use crate::sql::{raise, require_utf8, OrRaise};
 
-    /// Checks a job's arguments as a run will use them, before anything is stored; returns the
-    /// key columns the write method uses (for upsert and mirror, the primary key by default).
     #[allow(clippy::too_many_arguments)]
-    #[pg_extern(volatile, name = "_check_job")]
-    fn check_job(
-        target: pg_sys::Oid,
+    #[pg_extern(
+        volatile,
+        sql = r#"
+CREATE FUNCTION apisync.create_job(
+    name text, target regclass, url text, method text DEFAULT 'GET', body jsonb DEFAULT NULL,
+    path text DEFAULT '$', headers jsonb DEFAULT '{}', paging jsonb DEFAULT NULL,
+    options jsonb DEFAULT '{}', write_method text DEFAULT 'append', key_columns text[] DEFAULT NULL,
+    schedule text DEFAULT NULL, enabled boolean DEFAULT true
+) RETURNS bigint VOLATILE
+SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
+"#,
+        requires = ["bootstrap"]
+    )]
+    fn create_job(
+        name: Option<&str>,
+        target: Option<Oid>,
         url: Option<&str>,
         method: Option<&str>,
         body: Option<JsonB>,
@@ -36,210 +102,237 @@ mod apisync {
         write_method: Option<&str>,
         key_columns: Option<Vec<String>>,
         schedule: Option<&str>,
-    ) -> Option<Vec<String>> {
-        let write = WriteMethod::parse(write_method.unwrap_or("append")).or_raise();
-        let headers = headers.map(|h| h.0);
-        let options = options.map(|o| o.0);
-        check_no_inline_credentials(headers.as_ref(), options.as_ref()).or_raise();
-        check_schedule(schedule).or_raise();
-        let fetch_options = fetch_options(options.as_ref()).or_raise();
-
-        let (relkind, rowtype) = Spi::get_two_with_args::<i8, pg_sys::Oid>(
-            "SELECT relkind, reltype FROM pg_class WHERE oid = $1",
-            &[target.into()],
-        )
-        .map_err(|e| Error::internal(e.to_string()))
-        .or_raise();
-        let (Some(relkind), Some(rowtype)) = (relkind, rowtype) else {
-            raise(Error::new(
-                SqlState::UndefinedObject,
-                "the target table does not exist",
-            ))
+        enabled: Option<bool>,
+    ) -> i64 {
+        require_utf8();
+        let owner = current_user();
+        let required = |value: Option<&str>, what: &str| -> String {
+            value.map(str::to_string).unwrap_or_else(|| {
+                raise(Error::new(
+                    SqlState::NullValueNotAllowed,
+                    format!("create_job needs a {what}"),
+                ))
+            })
         };
-        if !matches!(relkind as u8, b'r' | b'p') {
-            raise(Error::new(
-                SqlState::DatatypeMismatch,
-                "the target must be a table",
-            ));
+        let name = required(name, "name");
+        if name.is_empty() {
+            raise(Error::invalid("a job needs a name"));
         }
-        for privilege in write.privileges() {
-            let granted = Spi::get_one_with_args::<bool>(
-                "SELECT has_table_privilege($1, $2)",
-                &[target.into(), (*privilege).into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-            if !granted {
+        let target = target.unwrap_or_else(|| {
+            raise(Error::new(
+                SqlState::NullValueNotAllowed,
+                "create_job needs a target table",
+            ))
+        });
+        let args = JobArgs {
+            url: required(url, "url"),
+            method: method.unwrap_or("GET").to_string(),
+            body: body.map(|b| b.0),
+            path: path.unwrap_or("$").to_string(),
+            headers: headers.map_or(json!({}), |h| h.0),
+            paging: paging.map(|p| p.0),
+            options: options.map_or(json!({}), |o| o.0),
+            write_method: write_method.unwrap_or("append").to_string(),
+            key_columns,
+            schedule: schedule.map(str::to_string),
+        };
+        let mut checked = check(owner, target, args).or_raise();
+        checked.spec.args.key_columns = checked.keys.take();
+        catalog::insert(&JobRow {
+            job_id: 0,
+            name,
+            owner,
+            target,
+            args: checked.spec.args,
+            enabled: enabled.unwrap_or(true),
+        })
+        .or_raise()
+    }
+
+    /// Changes the arguments given (NULL leaves one as it is), checked as create_job checks them.
+    /// A superuser may hand the job to another owner.
+    #[allow(clippy::too_many_arguments)]
+    #[pg_extern(
+        volatile,
+        sql = r#"
+CREATE FUNCTION apisync.alter_job(
+    name text, target regclass DEFAULT NULL, url text DEFAULT NULL, method text DEFAULT NULL,
+    body jsonb DEFAULT NULL, path text DEFAULT NULL, headers jsonb DEFAULT NULL,
+    paging jsonb DEFAULT NULL, options jsonb DEFAULT NULL, write_method text DEFAULT NULL,
+    key_columns text[] DEFAULT NULL, schedule text DEFAULT NULL, enabled boolean DEFAULT NULL,
+    owner regrole DEFAULT NULL
+) RETURNS void VOLATILE
+SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'alter_job_wrapper';
+"#,
+        requires = ["bootstrap"]
+    )]
+    fn alter_job(
+        name: &str,
+        target: Option<Oid>,
+        url: Option<&str>,
+        method: Option<&str>,
+        body: Option<JsonB>,
+        path: Option<&str>,
+        headers: Option<JsonB>,
+        paging: Option<JsonB>,
+        options: Option<JsonB>,
+        write_method: Option<&str>,
+        key_columns: Option<Vec<String>>,
+        schedule: Option<&str>,
+        enabled: Option<bool>,
+        owner: Option<Oid>,
+    ) {
+        require_utf8();
+        let caller = current_user();
+        let mut job = catalog::find(name, caller).or_raise();
+        if let Some(owner) = owner.filter(|o| *o != job.owner) {
+            if !is_superuser(caller) {
                 raise(Error::new(
                     SqlState::InsufficientPrivilege,
-                    format!(
-                        "permission denied: the job's owner needs {privilege} on the target table"
-                    ),
+                    "only a superuser may hand a job to another owner",
                 ));
             }
-        }
-
-        let names = crate::spec::secret_names(fetch_options.as_ref());
-        let args = RequestArgs {
-            url,
-            method,
-            body: body.map(|b| b.0),
-            headers,
-            options: fetch_options,
-            secrets: secrets::lookup(&names),
-        };
-        let spec = fetch_spec(args, path, paging.as_ref());
-        // Checks options.columns against the table.
-        RowMaker::new(rowtype, spec.columns).or_raise();
-        if let Some(incremental) = options
-            .as_ref()
-            .and_then(|o| crate::jobs::Incremental::of(o).transpose())
-        {
-            let incremental = incremental.or_raise();
-            if let Err(e) = crate::jobs::run::cursor(&incremental, &target_name(target), true) {
-                raise(Error::invalid(format!(
-                    "options.incremental does not fit the target: {e}"
-                )));
-            }
-        }
-
-        if options
-            .as_ref()
-            .and_then(crate::jobs::commit_every)
-            .is_some()
-            && matches!(write, WriteMethod::Replace | WriteMethod::Mirror)
-        {
-            raise(Error::invalid(
-                "options.commit_every works with append and upsert: replace and mirror need the whole run in one transaction",
-            ));
-        }
-        if !write.uses_keys() {
-            if key_columns.is_some() {
-                raise(Error::invalid(
-                    "key_columns are for the upsert and mirror write methods",
+            if role_name(owner).is_none() {
+                raise(Error::new(
+                    SqlState::UndefinedObject,
+                    format!("role with OID {} does not exist", owner.to_u32()),
                 ));
             }
-            return None;
+            job.owner = owner;
         }
-        let keys = match key_columns {
-            Some(keys) if !keys.is_empty() => keys,
-            _ => Spi::get_one_with_args::<Vec<String>>(
-                "SELECT array_agg(a.attname::text ORDER BY k.ord)
-                 FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                 WHERE i.indrelid = $1 AND i.indisprimary",
-                &[target.into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| {
-                raise(
-                    Error::invalid(
-                        "upsert and mirror need key_columns, and the target has no primary key",
-                    )
-                    .with_hint("give key_columns, with a unique index on them"),
-                )
-            }),
+        let args = &mut job.args;
+        let set = |field: &mut String, value: Option<&str>| {
+            if let Some(value) = value {
+                *field = value.to_string();
+            }
         };
-        let unique = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (
-                 SELECT 1 FROM pg_index i
-                 WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-                   AND i.indnkeyatts = cardinality($2::text[])
-                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
-                        WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey[0:i.indnkeyatts - 1]))
-                       = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
-            &[target.into(), keys.clone().into()],
+        set(&mut args.url, url);
+        set(&mut args.method, method);
+        set(&mut args.path, path);
+        if let Some(body) = body {
+            args.body = Some(body.0);
+        }
+        if let Some(headers) = headers {
+            args.headers = headers.0;
+        }
+        if let Some(paging) = paging {
+            args.paging = Some(paging.0);
+        }
+        if let Some(options) = options {
+            args.options = options.0;
+        }
+        // Keys follow the write method unless given: the check derives them again.
+        if write_method.is_some() && key_columns.is_none() {
+            args.key_columns = None;
+        }
+        set(&mut args.write_method, write_method);
+        if key_columns.is_some() {
+            args.key_columns = key_columns;
+        }
+        if let Some(schedule) = schedule {
+            args.schedule = Some(schedule.to_string());
+        }
+        if let Some(enabled) = enabled {
+            job.enabled = enabled;
+        }
+        if let Some(target) = target {
+            job.target = target;
+        }
+        let mut checked = check(job.owner, job.target, job.args.clone()).or_raise();
+        job.args = checked.spec.args;
+        job.args.key_columns = checked.keys.take();
+        catalog::update(&job).or_raise();
+    }
+
+    #[pg_extern(volatile, requires = ["bootstrap"])]
+    #[search_path(pg_catalog, pg_temp)]
+    fn drop_job(name: &str) {
+        let job = catalog::find(name, current_user()).or_raise();
+        catalog::delete(job.job_id).or_raise();
+    }
+
+    /// Runs the job now, in a background worker with its owner's rights; returns its run row. A
+    /// failed run is recorded, then raised with its SQLSTATE (so pg_cron records it too).
+    #[pg_extern(
+        volatile,
+        sql = r#"
+CREATE FUNCTION apisync.run_job(name text) RETURNS apisync.job_runs VOLATILE
+SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
+"#,
+        requires = ["bootstrap"]
+    )]
+    fn run_job(name: &str) -> pgrx::composite_type!('static, "job_runs") {
+        let job = catalog::find(name, current_user()).or_raise();
+        let run_id = crate::jobs::run::run_and_wait(&job).or_raise();
+        let row = Spi::get_one_with_args::<PgHeapTuple<'static, AllocatedByRust>>(
+            "SELECT r FROM apisync.job_runs r WHERE r.run_id OPERATOR(pg_catalog.=) $1",
+            &[run_id.into()],
         )
         .ok()
         .flatten()
-        .unwrap_or(false);
-        if !unique {
+        .unwrap_or_else(|| {
             raise(
-                Error::invalid(format!(
-                    "{} needs a unique index on ({})",
-                    write.name(),
-                    keys.join(", ")
+                Error::internal(format!(
+                    "apisync job \"{name}\": the run worker ended without recording run {run_id}"
                 ))
-                .with_hint("create one, or give the key_columns of an existing unique index"),
-            );
+                .with_hint("see the server log"),
+            )
+        });
+        let text = |column: &str| row.get_by_name::<String>(column).ok().flatten();
+        match text("status").as_deref() {
+            Some("failed") => {
+                let sqlstate = text("sqlstate").unwrap_or_else(|| "XX000".into());
+                raise(Error::new(
+                    SqlState::from_code(&sqlstate),
+                    format!(
+                        "apisync job \"{name}\" (run {run_id}) failed: {}",
+                        text("error").unwrap_or_default()
+                    ),
+                ))
+            }
+            Some("running") => raise(Error::new(
+                SqlState::from_code("57P01"),
+                format!("apisync job \"{name}\" (run {run_id}) was interrupted: its worker ended before the run finished"),
+            )),
+            Some("skipped") => notice!(
+                "apisync job \"{name}\" is running already: this run was skipped"
+            ),
+            _ => {}
         }
-        Some(keys)
+        row
     }
 
-    fn target_name(target: pg_sys::Oid) -> String {
-        Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[target.into()])
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    }
-
-    /// The rows a run with commit_every hands to one of its steps (internal).
-    #[pg_extern(volatile, parallel_unsafe, name = "_chunk_rows")]
-    fn chunk_rows(
-        row_type: Option<pgrx::AnyElement>,
+    /// The rows of the run this process is running: only a run's own statements read them;
+    /// anywhere else it is an error. Executable by PUBLIC because those statements run with the
+    /// job owner's rights.
+    /// # Safety
+    /// Called by PostgreSQL as a version-1 C function.
+    #[pg_guard]
+    #[no_mangle]
+    pub unsafe extern "C-unwind" fn apisync_job_rows(
         fcinfo: pg_sys::FunctionCallInfo,
-    ) -> SetOfIterator<'static, Option<pgrx::AnyElement>> {
-        let _ = row_type; // only its type matters
-                          // SAFETY: fcinfo is this call's, and the argument exists.
-        let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, 0) };
-        crate::sql::fetch::chunk_rows(typoid)
+    ) -> pg_sys::Datum {
+        // SAFETY: fcinfo is PostgreSQL's.
+        unsafe { crate::sql::fetch::lent_rows(fcinfo) }
     }
 
-    /// Starts a run of job `name` in a background worker running as the job's owner, waits for it
-    /// (a cancel stops the worker too), and returns its run_id; run_job reads the run row.
-    #[pg_extern(volatile, name = "_run_now")]
-    fn run_now(name: &str, trigger: &str) -> i64 {
-        // SAFETY: reads a session variable on the backend thread.
-        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-            raise(Error::new(
-                SqlState::InvalidTransactionState,
-                "run_job needs READ COMMITTED: the run commits in its own transaction",
-            ));
-        }
-        let (job_id, owner) = Spi::get_two_with_args::<i64, pg_sys::Oid>(
-            "SELECT job_id, owner FROM apisync.jobs WHERE name = $1",
-            &[name.into()],
-        )
-        .unwrap_or((None, None));
-        let (Some(job_id), Some(owner)) = (job_id, owner) else {
-            raise(Error::new(
-                SqlState::UndefinedObject,
-                format!("apisync job \"{name}\" does not exist"),
-            ))
-        };
-        // SAFETY: a catalog lookup on the backend thread.
-        if unsafe { pg_sys::superuser_arg(owner) } && !settings::ENABLE_SUPERUSER_JOBS.get() {
-            raise(Error::new(
-                SqlState::InsufficientPrivilege,
-                format!("apisync job \"{name}\" is owned by a superuser, and apisync.enable_superuser_jobs is off"),
-            ));
-        }
-        // SAFETY: reads a session global on the backend thread.
-        let pid = unsafe { pg_sys::MyProcPid };
-        let (worker, run_id) = start_worker(job_id, name, owner, trigger, Some(pid)).or_raise();
-        loop {
-            match worker.pid() {
-                Err(BackgroundWorkerStatus::Stopped) => break,
-                Err(BackgroundWorkerStatus::PostmasterDied) => {
-                    raise(Error::internal("the postmaster died during the run"))
-                }
-                _ => {}
-            }
-            if crate::interrupt::pending() {
-                let _ = worker.terminate();
-                pgrx::check_for_interrupts!();
-                raise(Error::cancelled());
-            }
-            crate::interrupt::sleep_on_latch(Duration::from_millis(100));
-        }
-        run_id
+    #[no_mangle]
+    #[doc(hidden)]
+    pub extern "C" fn pg_finfo_apisync_job_rows() -> &'static pg_sys::Pg_finfo_record {
+        const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+        &V1
     }
 }
 
-pgrx::extension_sql_file!(
-    "catalog.sql",
-    name = "jobs_catalog",
-    requires = ["secrets", check_job, run_now]
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION apisync._job_rows(row_type anyelement) RETURNS SETOF anyelement
+VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'apisync_job_rows';
+"#,
+    name = "job_rows",
+    requires = ["bootstrap"]
 );

@@ -1,7 +1,11 @@
-//! `api_fetch`: rows from an API as a set (DESIGN.md §2.1). Pages stream from the fetch task over
-//! a bounded channel; each row becomes a Datum only when the executor asks for it.
+//! The one fetch route (DESIGN.md §3): `api_fetch` and every job run start a `Fetch` here — the
+//! spec, the network privilege, the page stream, extraction into rows of a type. Pages stream from
+//! the fetch task over a bounded channel; rows become Datums as the executor (or the tuplestore
+//! the function fills) takes them. A job run lends its `Fetch` to its statements through
+//! `apisync._job_rows`, and reads its counts back from it.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use pgrx::prelude::*;
@@ -11,13 +15,12 @@ use tokio::runtime::Runtime;
 
 use super::rows::RowMaker;
 use super::{request_args, OrRaise};
-use crate::extract::RowPath;
-use crate::fetch::compact::Plan;
+use crate::extract::cells::Plan;
 use crate::fetch::{Event, Http, Page, PageRows, PageStream};
 use crate::spec::{FetchSpec, RequestArgs};
 use crate::{interrupt, settings};
 
-/// What the fetches of a job run cost, counted while a run worker tracks them.
+/// What the fetches of a job run cost.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FetchStats {
     pub requests: u64,
@@ -26,52 +29,10 @@ pub struct FetchStats {
     pub rows: u64,
 }
 
-thread_local! {
-    /// The run being tracked (its id) and its counts so far.
-    static TRACKED: RefCell<Option<(i64, FetchStats)>> = const { RefCell::new(None) };
-}
-
-/// Counts the fetches of this process from now on for run `run_id`, reporting progress in
-/// pg_stat_activity.
-pub fn track_run(run_id: i64) {
-    TRACKED.with(|t| *t.borrow_mut() = Some((run_id, FetchStats::default())));
-}
-
-/// The counts of the tracked run.
-pub fn tracked() -> FetchStats {
-    TRACKED.with(|t| t.borrow().map(|(_, stats)| stats).unwrap_or_default())
-}
-
-pub(crate) fn count_page(page: &Page) {
-    TRACKED.with(|t| {
-        if let Some((run_id, stats)) = t.borrow_mut().as_mut() {
-            stats.pages += 1;
-            stats.requests += u64::from(page.requests);
-            stats.bytes += page.bytes as u64;
-            stats.rows += page.rows.len() as u64;
-            let progress = format!(
-                "apisync run {run_id}: {} pages, {} rows, {} bytes so far",
-                stats.pages, stats.rows, stats.bytes
-            );
-            if let Ok(text) = std::ffi::CString::new(progress) {
-                // SAFETY: reports this backend's activity, on the backend thread.
-                unsafe {
-                    pg_sys::pgstat_report_activity(
-                        pg_sys::BackendState::STATE_RUNNING,
-                        text.as_ptr(),
-                    )
-                };
-            }
-        }
-    });
-}
-
 /// The spec of a fetch under the session's settings; raises what is wrong with it.
-pub fn fetch_spec(args: RequestArgs<'_>, path: Option<&str>, paging: Option<&JsonB>) -> FetchSpec {
+pub fn fetch_spec(args: RequestArgs<'_>, path: Option<&str>, paging: Option<&Value>) -> FetchSpec {
     settings::limits()
-        .and_then(|limits| {
-            FetchSpec::parse(args, path.unwrap_or("$"), paging.map(|p| &p.0), &limits)
-        })
+        .and_then(|limits| FetchSpec::parse(args, path.unwrap_or("$"), paging, &limits))
         .or_raise()
 }
 
@@ -84,64 +45,68 @@ pub struct Rejected {
     pub sqlstate: String,
 }
 
-/// The rows a run sets aside: at most `max` over the whole run; `rows` not yet saved.
-struct RejectSink {
-    max: u64,
-    seen: u64,
-    rows: Vec<Rejected>,
+/// A job run's part of its fetch: its counts (shown in pg_stat_activity as they grow), the rows it
+/// set aside, and whether `max_pages` cut it. An explicit value the run hands down and reads back.
+#[derive(Debug, Default)]
+pub struct RunTally {
+    pub run_id: i64,
+    pub stats: FetchStats,
+    /// At most this many rows may be set aside over the whole run; `None`: a failing row fails.
+    pub max_rejected: Option<u64>,
+    pub rejected_total: u64,
+    /// Set aside since the run last saved them.
+    pub rejected: Vec<Rejected>,
+    /// The page limit that cut the fetch, if one did.
+    pub cut_by_max_pages: Option<u32>,
 }
 
-thread_local! {
-    static REJECTS: RefCell<Option<RejectSink>> = const { RefCell::new(None) };
-}
+impl RunTally {
+    fn count_page(&mut self, page: &Page) {
+        let stats = &mut self.stats;
+        stats.pages += 1;
+        stats.requests += u64::from(page.requests);
+        stats.bytes += page.bytes as u64;
+        stats.rows += page.rows.len() as u64;
+        let progress = format!(
+            "apisync run {}: {} pages, {} rows, {} bytes so far",
+            self.run_id, stats.pages, stats.rows, stats.bytes
+        );
+        if let Ok(text) = std::ffi::CString::new(progress) {
+            // SAFETY: reports this backend's activity, on the backend thread.
+            unsafe {
+                pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, text.as_ptr())
+            };
+        }
+    }
 
-/// From now on, rows that fail are set aside (`reject`), up to `max` in all.
-pub fn collect_rejects(max: u64) {
-    REJECTS.with(|r| {
-        *r.borrow_mut() = Some(RejectSink {
-            max,
-            seen: 0,
-            rows: Vec::new(),
-        })
-    });
-}
-
-/// The rows set aside since the last call, to be saved.
-pub fn take_rejects() -> Vec<Rejected> {
-    REJECTS.with(|r| {
-        r.borrow_mut()
-            .as_mut()
-            .map(|sink| std::mem::take(&mut sink.rows))
-            .unwrap_or_default()
-    })
-}
-
-/// Sets `rejected` aside when rejects are collected; `false` when they are not. Raises once more
-/// rows are rejected than allowed.
-pub fn reject(rejected: Rejected) -> bool {
-    let over = REJECTS.with(|r| {
-        let mut sink = r.borrow_mut();
-        let sink = sink.as_mut()?;
-        sink.seen += 1;
-        sink.rows.push(rejected.clone());
-        Some((sink.seen > sink.max).then_some(sink.max))
-    });
-    match over {
-        None => false,
-        Some(None) => true,
-        Some(Some(max)) => too_many_rejects(max, &rejected),
+    /// Sets `rejected` aside when the run collects rejects (`Ok(true)`), `Ok(false)` when it does
+    /// not; the error once more rows are rejected than allowed.
+    pub fn reject(&mut self, rejected: Rejected) -> Result<bool, crate::error::Error> {
+        let Some(max) = self.max_rejected else {
+            return Ok(false);
+        };
+        self.rejected_total += 1;
+        if self.rejected_total > max {
+            return Err(crate::error::Error::new(
+                crate::error::SqlState::from_code(&rejected.sqlstate),
+                format!(
+                    "more than {max} rows were rejected (options.max_rejected); the last, row {}: {}",
+                    rejected.row_number, rejected.error
+                ),
+            ));
+        }
+        self.rejected.push(rejected);
+        Ok(true)
     }
 }
 
-/// Fails the run: more than `max` rows were rejected, `last` the last of them.
-fn too_many_rejects(max: u64, last: &Rejected) -> ! {
-    super::raise(crate::error::Error::new(
-        crate::error::SqlState::from_code(&last.sqlstate),
-        format!(
-            "more than {max} rows were rejected (options.max_rejected); the last, row {}: {}",
-            last.row_number, last.error
-        ),
-    ))
+/// Who a fetch's requests are made for; the network privilege is checked here, on the one route
+/// every caller takes, before the first request.
+pub enum Requester {
+    /// A call of `api_fetch`: the executor checked the caller's EXECUTE on it.
+    Caller,
+    /// A job run, for its owner (`roles::require_network_privilege`).
+    JobOwner(pg_sys::Oid),
 }
 
 /// The position of `row_type` among the arguments: its type is the type of the rows.
@@ -163,6 +128,7 @@ CREATE FUNCTION api_fetch(
     row_type anyelement DEFAULT NULL::jsonb
 ) RETURNS SETOF anyelement
 VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'api_fetch_dispatch';
 "#
@@ -180,19 +146,19 @@ fn api_fetch(
 ) -> SetOfIterator<'static, Option<AnyElement>> {
     let _ = row_type; // only its type matters
     let args = request_args(url, method, body, headers, options);
-    SetOfIterator::new(start(fcinfo, args, path, paging.as_ref()))
+    SetOfIterator::new(start_call(fcinfo, args, path, paging.as_ref()))
 }
 
-/// Checks the call and starts the requests.
-fn start(
-    fcinfo: pg_sys::FunctionCallInfo,
-    args: RequestArgs<'_>,
-    path: Option<&str>,
-    paging: Option<&JsonB>,
-) -> Rows {
-    let spec = fetch_spec(args, path, paging);
-    // SAFETY: fcinfo is this call's, and the argument exists.
-    let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
+/// Starts the one fetch route: spec → page stream → extraction into rows of `typoid`.
+pub fn start(
+    spec: FetchSpec,
+    typoid: pg_sys::Oid,
+    requester: Requester,
+    run: Option<RunTally>,
+) -> Fetch {
+    if let Requester::JobOwner(owner) = requester {
+        crate::roles::require_network_privilege(owner).or_raise();
+    }
     let columns = spec.columns.clone();
     let maker = RowMaker::new(typoid, columns).or_raise();
     let plan = maker
@@ -200,14 +166,29 @@ fn start(
         .and_then(|layout| Plan::new(layout, &spec.path, spec.paging.as_ref()));
     let http = Http::get().or_raise();
     let stream = PageStream::start(http, Arc::new(spec), plan).or_raise();
-    Rows {
+    Fetch {
         runtime: &http.runtime,
         stream: Some(stream),
         maker,
         page: PageRows::default(),
         at: 0,
         number: 0,
+        run,
+        step_pages: None,
     }
+}
+
+/// `api_fetch`'s call: its spec, and the type of its rows.
+fn start_call(
+    fcinfo: pg_sys::FunctionCallInfo,
+    args: RequestArgs<'_>,
+    path: Option<&str>,
+    paging: Option<&JsonB>,
+) -> Fetch {
+    let spec = fetch_spec(args, path, paging.map(|p| &p.0));
+    // SAFETY: fcinfo is this call's, and the argument exists.
+    let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
+    start(spec, typoid, Requester::Caller, None)
 }
 
 /// `api_fetch`'s entry point. In FROM, PostgreSQL stores every row of a set-returning function
@@ -223,18 +204,17 @@ fn start(
 pub unsafe extern "C-unwind" fn api_fetch_dispatch(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: fcinfo is PostgreSQL's; resultinfo, when set, is a node.
+    // SAFETY: fcinfo is PostgreSQL's.
     unsafe {
-        let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
-        let preferred = !rsinfo.is_null()
-            && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo
-            && (*rsinfo).allowedModes
-                & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Preferred as i32
-                != 0;
-        if preferred {
-            materialize(fcinfo, rsinfo)
-        } else {
-            api_fetch_wrapper(fcinfo)
+        match materialize_mode(fcinfo) {
+            Some(rsinfo) => {
+                let text = |n| pgrx::pg_getarg::<&str>(fcinfo, n);
+                let json = |n| pgrx::pg_getarg::<JsonB>(fcinfo, n);
+                let args = request_args(text(0), text(1), json(2), json(4), json(6));
+                let mut fetch = start_call(fcinfo, args, text(3), json(5).as_ref());
+                materialize(fcinfo, rsinfo, &mut fetch)
+            }
+            None => api_fetch_wrapper(fcinfo),
         }
     }
 }
@@ -246,24 +226,38 @@ pub extern "C" fn pg_finfo_api_fetch_dispatch() -> &'static pg_sys::Pg_finfo_rec
     &V1
 }
 
+/// The call's ReturnSetInfo when the caller prefers that the function fill a tuplestore.
+///
+/// # Safety
+/// fcinfo is PostgreSQL's; resultinfo, when set, is a node.
+pub unsafe fn materialize_mode(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<*mut pg_sys::ReturnSetInfo> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+        let preferred = !rsinfo.is_null()
+            && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo
+            && (*rsinfo).allowedModes
+                & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Preferred as i32
+                != 0;
+        preferred.then_some(rsinfo)
+    }
+}
+
 /// Rows converted per reset of their memory context when filling a tuplestore.
 const ROWS_PER_RESET: u64 = 1024;
 
-/// Fills a tuplestore with every row, the materialize protocol of set-returning functions.
+/// Fills a tuplestore with every row `fetch` gives (up to the end of its step), the materialize
+/// protocol of set-returning functions.
 ///
 /// # Safety
-/// fcinfo is api_fetch's call; rsinfo its ReturnSetInfo, which allows SFRM_Materialize.
-unsafe fn materialize(
+/// fcinfo is the call; rsinfo its ReturnSetInfo, which allows SFRM_Materialize.
+pub unsafe fn materialize(
     fcinfo: pg_sys::FunctionCallInfo,
     rsinfo: *mut pg_sys::ReturnSetInfo,
+    fetch: &mut Fetch,
 ) -> pg_sys::Datum {
-    // SAFETY: the arguments are api_fetch's, by position.
-    let mut rows = unsafe {
-        let text = |n| pgrx::pg_getarg::<&str>(fcinfo, n);
-        let json = |n| pgrx::pg_getarg::<JsonB>(fcinfo, n);
-        let args = request_args(text(0), text(1), json(2), json(4), json(6));
-        start(fcinfo, args, text(3), json(5).as_ref())
-    };
     // SAFETY: the store and its descriptor live in the query's memory, as the protocol asks;
     // converted values in a context of their own, reset as rows are stored (the store copies).
     unsafe {
@@ -273,7 +267,7 @@ unsafe fn materialize(
             & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32
             != 0;
         let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
-        let tupdesc = pg_sys::CreateTupleDescCopy(rows.maker.tupdesc());
+        let tupdesc = pg_sys::CreateTupleDescCopy(fetch.maker.tupdesc());
         let values = pg_sys::AllocSetContextCreateExtended(
             caller,
             c"api_fetch rows".as_ptr(),
@@ -282,9 +276,11 @@ unsafe fn materialize(
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
         pg_sys::MemoryContextSwitchTo(values);
-        while rows.advance() {
-            rows.maker.put(store);
-            if rows.number % ROWS_PER_RESET == 0 {
+        let mut stored: u64 = 0;
+        while fetch.advance() {
+            fetch.maker.put(store);
+            stored += 1;
+            if stored.is_multiple_of(ROWS_PER_RESET) {
                 pg_sys::MemoryContextReset(values);
             }
         }
@@ -293,17 +289,16 @@ unsafe fn materialize(
         (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
         (*rsinfo).setResult = store;
         (*rsinfo).setDesc = tupdesc;
-        drop(rows);
         (*fcinfo).isnull = true;
         pg_sys::Datum::from(0)
     }
 }
 
-/// The rows of the pages, in order. Dropped with the SRF's memory context, which stops the
-/// requests when the query ends early or fails.
-struct Rows {
+/// The one fetch route's rows, in order: pages from the stream, converted for the row type.
+/// Dropped with the SRF's memory context (or by the run that owns it), which stops the requests.
+pub struct Fetch {
     runtime: &'static Runtime,
-    /// `None` once the last page is in (or for a chunk, which has no stream).
+    /// `None` once the last page is in.
     stream: Option<PageStream>,
     maker: RowMaker,
     /// The page being read, `at` its next row. Rows stay in place until the whole page is read,
@@ -312,15 +307,34 @@ struct Rows {
     page: PageRows,
     at: usize,
     number: u64,
+    /// A job run's counts, rejects and cut; `None` for `api_fetch`.
+    pub run: Option<RunTally>,
+    /// Pages this fetch may still take before it pauses (a step of a run with commit_every).
+    step_pages: Option<u32>,
 }
 
-impl Drop for Rows {
+impl Drop for Fetch {
     fn drop(&mut self) {
         self.next_page(PageRows::default());
     }
 }
 
-impl Rows {
+impl Fetch {
+    /// The type of the rows.
+    pub fn typoid(&self) -> pg_sys::Oid {
+        self.maker.typoid()
+    }
+
+    /// Lets the fetch take `pages` more pages, then pause (until the next step).
+    pub fn allow_pages(&mut self, pages: u32) {
+        self.step_pages = Some(pages);
+    }
+
+    /// The last page was read: nothing more will come.
+    pub fn finished(&self) -> bool {
+        self.stream.is_none() && self.at >= self.page.len()
+    }
+
     /// Reads `rows` next; the page read so far is freed on the runtime.
     fn next_page(&mut self, rows: PageRows) {
         let done = std::mem::replace(&mut self.page, rows);
@@ -331,7 +345,7 @@ impl Rows {
     }
 
     /// Converts the next row into the maker's values: rows that fail are set aside when the run
-    /// collects rejects, and raise otherwise. `false` after the last row.
+    /// collects rejects, and raise otherwise. `false` after the last row (or of this step).
     fn advance(&mut self) -> bool {
         loop {
             if self.at < self.page.len() {
@@ -342,31 +356,40 @@ impl Rows {
                     PageRows::Values(rows) => self.maker.fill(self.number, &rows[at]),
                     PageRows::Compact(page) => self.maker.fill_compact(self.number, page, at),
                 };
-                match filled {
-                    Ok(()) => return true,
-                    Err(error) => {
-                        let raw = match &self.page {
-                            PageRows::Values(rows) => rows[at].clone(),
-                            PageRows::Compact(page) => page.row_value(at),
-                        };
-                        let rejected = Rejected {
-                            row_number: self.number as i64,
-                            raw,
-                            error: error.message.clone(),
-                            sqlstate: error.state.code(),
-                        };
-                        if reject(rejected) {
-                            continue;
-                        }
-                        super::raise(error)
-                    }
+                let Err(error) = filled else {
+                    return true;
+                };
+                let Some(run) = self.run.as_mut() else {
+                    super::raise(error)
+                };
+                let raw = match &self.page {
+                    PageRows::Values(rows) => rows[at].clone(),
+                    PageRows::Compact(page) => page.row_value(at),
+                };
+                let rejected = Rejected {
+                    row_number: self.number as i64,
+                    raw,
+                    error: error.message.clone(),
+                    sqlstate: error.state.code(),
+                };
+                if !run.reject(rejected).or_raise() {
+                    super::raise(error)
                 }
+                continue;
+            }
+            if self.step_pages == Some(0) {
+                return false;
             }
             let Some(stream) = self.stream.as_mut() else {
                 return false;
             };
-            match next_page(self.runtime, stream) {
-                Some(page) => self.next_page(page.rows),
+            match next_page(self.runtime, stream, self.run.as_mut()) {
+                Some(page) => {
+                    if let Some(pages) = self.step_pages.as_mut() {
+                        *pages -= 1;
+                    }
+                    self.next_page(page.rows)
+                }
                 None => {
                     self.stream = None;
                     self.next_page(PageRows::default());
@@ -376,7 +399,7 @@ impl Rows {
     }
 }
 
-impl Iterator for Rows {
+impl Iterator for Fetch {
     type Item = Option<AnyElement>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -391,22 +414,35 @@ impl Iterator for Rows {
 }
 
 /// The next page of `stream`, saying what the other events mean; `None` after the last page.
-pub fn next_page(runtime: &Runtime, stream: &mut PageStream) -> Option<Page> {
+fn next_page(
+    runtime: &Runtime,
+    stream: &mut PageStream,
+    mut run: Option<&mut RunTally>,
+) -> Option<Page> {
     loop {
         match interrupt::wait(runtime, stream.next())
             .or_raise()?
             .or_raise()
         {
             Event::Page(page) => {
-                count_page(&page);
+                if let Some(run) = run.as_mut() {
+                    run.count_page(&page);
+                }
                 return Some(page);
             }
-            Event::Cut { max_pages } => pgrx::ereport!(
-                PgLogLevel::WARNING,
-                PgSqlErrorCode::ERRCODE_WARNING,
-                format!("api_fetch stopped after {max_pages} pages (max_pages): the data was cut"),
-                "raise max_pages in the paging spec, or apisync.max_pages"
-            ),
+            Event::Cut { max_pages } => {
+                if let Some(run) = run.as_mut() {
+                    run.cut_by_max_pages = Some(max_pages);
+                }
+                pgrx::ereport!(
+                    PgLogLevel::WARNING,
+                    PgSqlErrorCode::ERRCODE_WARNING,
+                    format!(
+                        "api_fetch stopped after {max_pages} pages (max_pages): the data was cut"
+                    ),
+                    "raise max_pages in the paging spec, or apisync.max_pages"
+                )
+            }
             Event::Finished { pages, reason } => {
                 pgrx::debug1!("api_fetch: paging ended after {pages} pages: {reason}")
             }
@@ -415,35 +451,50 @@ pub fn next_page(runtime: &Runtime, stream: &mut PageStream) -> Option<Page> {
 }
 
 thread_local! {
-    /// The rows a chunked job run hands to `apisync._chunk_rows` for one transaction.
-    static CHUNK: RefCell<Option<Chunk>> = const { RefCell::new(None) };
+    /// The fetch of the run this process is running, lent to the statements that write it (the
+    /// one handoff from a run to SQL it executes: `apisync._job_rows`).
+    static LENT: RefCell<Option<Rc<RefCell<Fetch>>>> = const { RefCell::new(None) };
 }
 
-/// Rows for the next `apisync._chunk_rows` call of this process.
-pub struct Chunk {
-    pub rows: Vec<Value>,
-    pub columns: Vec<(String, RowPath)>,
-    /// The fetch's row number of the row before the first.
-    pub numbered_after: u64,
+/// Runs `body` (which executes a statement reading `apisync._job_rows`) with `fetch` lent to it.
+pub fn lend<R>(fetch: &Rc<RefCell<Fetch>>, body: impl FnOnce() -> R) -> R {
+    struct Return;
+    impl Drop for Return {
+        fn drop(&mut self) {
+            LENT.with(|l| l.borrow_mut().take());
+        }
+    }
+    LENT.with(|l| *l.borrow_mut() = Some(fetch.clone()));
+    let _return = Return;
+    body()
 }
 
-pub fn set_chunk(chunk: Chunk) {
-    CHUNK.with(|c| *c.borrow_mut() = Some(chunk));
-}
-
-/// The rows of the chunk set by this process's run, typed by `typoid` as api_fetch types them.
-pub fn chunk_rows(typoid: pg_sys::Oid) -> SetOfIterator<'static, Option<AnyElement>> {
-    let chunk = CHUNK.with(|c| c.borrow_mut().take());
-    let Some(chunk) = chunk else {
-        return SetOfIterator::empty();
+/// The rows of the lent fetch, for `apisync._job_rows`: only inside a run's own statements.
+///
+/// # Safety
+/// fcinfo is `_job_rows`'s call.
+pub unsafe fn lent_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let lent = LENT.with(|l| l.borrow().clone());
+    let Some(fetch) = lent else {
+        super::raise(crate::error::Error::new(
+            crate::error::SqlState::InsufficientPrivilege,
+            "apisync._job_rows is internal: only a job run's own statements read it",
+        ))
     };
-    let maker = RowMaker::new(typoid, chunk.columns).or_raise();
-    SetOfIterator::new(Rows {
-        runtime: &Http::get().or_raise().runtime,
-        stream: None,
-        maker,
-        page: PageRows::Values(chunk.rows),
-        at: 0,
-        number: chunk.numbered_after,
-    })
+    // SAFETY: as the caller promises.
+    let rsinfo = unsafe { materialize_mode(fcinfo) }.unwrap_or_else(|| {
+        super::raise(crate::error::Error::internal(
+            "apisync._job_rows must be called in FROM",
+        ))
+    });
+    let mut fetch = fetch.borrow_mut();
+    // SAFETY: fcinfo is this call's, and the argument exists.
+    let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, 0) };
+    if typoid != fetch.typoid() {
+        super::raise(crate::error::Error::internal(
+            "apisync._job_rows was called for another row type than its run's",
+        ));
+    }
+    // SAFETY: as the caller promises; materialize mode was checked above.
+    unsafe { materialize(fcinfo, rsinfo, &mut fetch) }
 }

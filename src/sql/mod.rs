@@ -50,7 +50,8 @@ pub fn request_args<'a>(
 ) -> RequestArgs<'a> {
     require_utf8();
     let options = options.map(|o| o.0);
-    let secrets = secrets::lookup(&crate::spec::secret_names(options.as_ref()));
+    let names = crate::spec::secret_names(options.as_ref());
+    let secrets = secrets::lookup(crate::roles::current_user(), &names);
     RequestArgs {
         url,
         method,
@@ -61,7 +62,7 @@ pub fn request_args<'a>(
     }
 }
 
-fn require_utf8() {
+pub fn require_utf8() {
     // SAFETY: reads the database encoding, on the backend thread.
     let encoding = unsafe { pgrx::pg_sys::GetDatabaseEncoding() };
     if encoding != pgrx::pg_sys::pg_enc::PG_UTF8 as i32 {
@@ -71,28 +72,9 @@ fn require_utf8() {
     }
 }
 
+/// The one SQLSTATE table is the core's (`SqlState::code`); Postgres takes it packed.
 fn sqlstate(state: SqlState) -> PgSqlErrorCode {
-    use PgSqlErrorCode::*;
-    match state {
-        SqlState::InvalidParameterValue => ERRCODE_INVALID_PARAMETER_VALUE,
-        SqlState::NullValueNotAllowed => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-        SqlState::SyntaxError => ERRCODE_SYNTAX_ERROR,
-        SqlState::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
-        SqlState::DatatypeMismatch => ERRCODE_DATATYPE_MISMATCH,
-        SqlState::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
-        SqlState::UndefinedObject => ERRCODE_UNDEFINED_OBJECT,
-        SqlState::InvalidTransactionState => ERRCODE_INVALID_TRANSACTION_STATE,
-        SqlState::ConfigurationLimitExceeded => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-        SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
-        SqlState::UnableToConnect => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-        SqlState::ConnectionFailure => ERRCODE_CONNECTION_FAILURE,
-        SqlState::ProgramLimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        SqlState::ExternalRoutineException => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-        SqlState::InvalidJsonText => ERRCODE_INVALID_JSON_TEXT,
-        SqlState::QueryCanceled => ERRCODE_QUERY_CANCELED,
-        SqlState::Internal => ERRCODE_INTERNAL_ERROR,
-        SqlState::Raised(packed) => PgSqlErrorCode::from(packed),
-    }
+    PgSqlErrorCode::from(state.packed())
 }
 
 // Network functions are for the roles a DBA chooses (DESIGN.md §2).

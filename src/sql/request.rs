@@ -14,6 +14,7 @@ use crate::{interrupt, settings};
 
 /// Non-2xx statuses are returned, not raised: the caller decides what an error is.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn api_request(
     url: Option<&str>,
     method: default!(Option<&str>, "'GET'"),
@@ -59,22 +60,6 @@ const BODY_JSON: NonZeroUsize = STATUS.saturating_add(3);
 const FINAL_URL: NonZeroUsize = STATUS.saturating_add(4);
 const ELAPSED_MS: NonZeroUsize = STATUS.saturating_add(5);
 
-// A type rather than RETURNS TABLE: its columns share names with the arguments (body, headers).
-pgrx::extension_sql!(
-    r#"
-CREATE TYPE api_response AS (
-    status int,
-    headers jsonb,
-    body text,
-    body_json jsonb,
-    final_url text,
-    elapsed_ms double precision
-);
-"#,
-    name = "api_response_type",
-    bootstrap
-);
-
 /// The OID of `api_response` in whatever schema the extension was created in.
 fn result_type(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Oid {
     let mut typoid = pg_sys::Oid::INVALID;
@@ -90,7 +75,7 @@ fn result_type(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Oid {
 
 /// Header names (lower case) to values; a repeated header's values are joined with ", "
 /// (RFC 9110 §5.3).
-fn headers_json(headers: &reqwest::header::HeaderMap) -> Value {
+fn headers_json(headers: &crate::fetch::HeaderMap) -> Value {
     let mut object = Map::new();
     for name in headers.keys() {
         let joined = headers

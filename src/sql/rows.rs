@@ -10,8 +10,8 @@ use pgrx::{IntoDatum, PgTupleDesc};
 use serde_json::Value;
 
 use crate::error::{snippet, Error, Result, SqlState};
+use crate::extract::cells::{Cell, Compact, Layout, Want};
 use crate::extract::{iso8601_micros, RowPath};
-use crate::fetch::compact::{Cell, Compact, Layout, Want};
 use crate::spec::json_kind;
 
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).

@@ -1,5 +1,9 @@
-//! Turning a response document into rows: JSONPath selection (RFC 9535), and the relative paths of
-//! `options.columns`. Postgres-free; the Datum step lives in `sql::rows`.
+//! Turning a response into rows, one stage: JSONPath selection (RFC 9535) and the relative paths
+//! of `options.columns` over JSON values, and `cells`, which parses a page straight into cells when
+//! the rows are typed and the path is a chain of names. Postgres-free; the Datum step lives in the
+//! extension's `sql::rows`.
+
+pub mod cells;
 
 use serde_json::Value;
 use serde_json_path::JsonPath;

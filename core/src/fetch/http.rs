@@ -7,8 +7,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY
 use reqwest::Client;
 
 use super::oauth;
-use super::policy::PolicyDenied;
 use crate::error::{snippet, Error, Result, SqlState};
+use crate::policy::PolicyDenied;
 use crate::spec::{RateLimit, RequestSpec};
 
 /// Statuses worth another try: the server says it may work later.

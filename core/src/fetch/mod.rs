@@ -1,11 +1,9 @@
 //! HTTP on tokio. Knows nothing of Postgres: the backend thread starts a `PageStream` and takes
 //! pages from its bounded channel; the tokio side requests, parses and selects rows.
 
-pub mod compact;
 pub(crate) mod http;
 mod oauth;
 mod pager;
-pub mod policy;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,10 +17,11 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use compact::{Compact, Plan};
+use crate::extract::cells::{self, Compact, Plan};
+use crate::policy::{NetworkPolicy, PolicyResolver};
 pub use http::{send, Response};
 use pager::{Pager, Step};
-use policy::{NetworkPolicy, PolicyResolver};
+pub use reqwest::header::HeaderMap;
 
 use crate::error::{Error, Result, SqlState};
 use crate::spec::{FetchSpec, RequestSpec};
@@ -174,6 +173,8 @@ pub enum Event {
 pub struct PageStream {
     rx: mpsc::Receiver<Result<Event>>,
     task: JoinHandle<()>,
+    /// A last event (`Finished`, `Cut` or an error) came: the channel may close now.
+    ended: bool,
 }
 
 impl PageStream {
@@ -192,12 +193,28 @@ impl PageStream {
                 let _ = tx.send(Err(error)).await;
             }
         });
-        Ok(PageStream { rx, task })
+        Ok(PageStream {
+            rx,
+            task,
+            ended: false,
+        })
     }
 
-    /// The next event, or `None` after the last one.
+    /// The next event, or `None` after the last one. A channel that closes before its last event
+    /// (the task panicked) is an error, never an early end of the data.
     pub async fn next(&mut self) -> Option<Result<Event>> {
-        self.rx.recv().await
+        if self.ended {
+            return None;
+        }
+        let event = self.rx.recv().await;
+        self.ended = !matches!(event, Some(Ok(Event::Page(_))));
+        match event {
+            None => Some(Err(Error::internal(
+                "the fetch ended without finishing: its task on the HTTP runtime failed",
+            )
+            .with_hint("this is a bug in pg_apisync; the server log may say more"))),
+            event => event,
+        }
     }
 }
 
@@ -225,7 +242,9 @@ async fn produce(fetch: Fetch<'_>, tx: &Sender) -> Result<()> {
     let spec = fetch.spec;
     let Some(paging) = &spec.paging else {
         let (page, _) = fetch_page(fetch, &spec.request, None).await?;
-        let _ = tx.send(Ok(Event::Page(page))).await;
+        if deliver(tx, page).await.is_ok() {
+            finished(tx, 1, "one request").await?;
+        }
         return Ok(());
     };
     let mut pager = Pager::new(paging, &spec.request);
@@ -320,7 +339,7 @@ async fn fetch_page(
     };
     let (rows, facts) = match fetch.plan.filter(|_| (200..300).contains(&response.status)) {
         Some(plan) if response.status != 204 => {
-            match compact::parse(std::mem::take(&mut response.body), plan) {
+            match cells::parse(std::mem::take(&mut response.body), plan) {
                 Ok((doc, page)) => (PageRows::Compact(page), facts(Some(&doc), &response)),
                 Err(body) => {
                     response.body = body;

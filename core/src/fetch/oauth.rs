@@ -108,7 +108,8 @@ async fn request_token(
         .ok_or_else(|| fail("the answer has no access_token".into()))?;
     let lifetime = doc["expires_in"]
         .as_u64()
-        .map(Duration::from_secs)
+        // A day at most: a huge lifetime would overflow the cache's clock.
+        .map(|seconds| Duration::from_secs(seconds.min(86_400)))
         .unwrap_or(DEFAULT_LIFETIME);
     Ok((token.to_string(), lifetime))
 }

@@ -15,7 +15,7 @@ use url::Url;
 
 use crate::error::{Error, Result, SqlState};
 use crate::extract::RowPath;
-use crate::fetch::policy::NetworkPolicy;
+use crate::policy::NetworkPolicy;
 
 pub use paging::{Paging, PagingKind, ParamPlace};
 
@@ -339,18 +339,30 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
 }
 
 fn parse_retry(options: &Options) -> Result<RetryPolicy> {
-    let rate = match options.rate_limit {
-        None => None,
-        Some(rate) if rate.is_finite() && rate > 0.0 => Some(Arc::new(RateLimit {
-            interval: Duration::from_secs_f64(1.0 / rate),
-            next: std::sync::Mutex::new(None),
-        })),
-        Some(_) => {
-            return Err(Error::invalid(
-                "options.rate_limit must be a positive number of requests per second",
-            ))
-        }
+    let rate =
+        match options.rate_limit {
+            None => None,
+            // At least one request an hour: a smaller rate would overflow the limiter's clock.
+            Some(rate) if rate.is_finite() && (1.0 / 3600.0..=1_000_000.0).contains(&rate) => {
+                Some(Arc::new(RateLimit {
+                    interval: Duration::from_secs_f64(1.0 / rate),
+                    next: std::sync::Mutex::new(None),
+                }))
+            }
+            Some(_) => return Err(Error::invalid(
+                "options.rate_limit must be a number of requests per second from 1/3600 to 1000000",
+            )),
+        };
+    // Range-checked so that no backoff arithmetic can overflow.
+    let within = |value: Option<u64>, max: u64, name: &str| match value {
+        Some(v) if v > max => Err(Error::invalid(format!(
+            "options.{name} must be from 0 to {max}"
+        ))),
+        _ => Ok(()),
     };
+    within(options.retries.map(u64::from), 100, "retries")?;
+    within(options.retry_backoff_ms, 3_600_000, "retry_backoff_ms")?;
+    within(options.max_retry_wait_ms, 86_400_000, "max_retry_wait_ms")?;
     Ok(RetryPolicy {
         retries: options.retries.unwrap_or(3),
         backoff: Duration::from_millis(options.retry_backoff_ms.unwrap_or(200)),

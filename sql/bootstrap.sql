@@ -1,0 +1,117 @@
+-- What comes first in the install script: schema apisync, the job catalog, the api_response type.
+--
+-- The job catalog (DESIGN.md §2.3, §2.6). Written only by the extension: its functions check the
+-- caller, then write as the extension's owner; run workers record runs the same way. Every role
+-- reads the rows of the roles it is a member of (row-level security); superusers read all.
+-- Owners are role OIDs (regrole: shown and dumped as the quoted role name, never re-parsed).
+
+CREATE SCHEMA IF NOT EXISTS apisync;
+GRANT USAGE ON SCHEMA apisync TO PUBLIC;
+
+-- api_request's row: a type rather than RETURNS TABLE, as its columns share names with the
+-- arguments (body, headers). In the schema given to CREATE EXTENSION.
+CREATE TYPE api_response AS (
+    status int,
+    headers jsonb,
+    body text,
+    body_json jsonb,
+    final_url text,
+    elapsed_ms double precision
+);
+
+CREATE TABLE apisync.secrets (
+    owner regrole NOT NULL,
+    name text NOT NULL CHECK (name <> ''),
+    value text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, name)
+);
+COMMENT ON TABLE apisync.secrets IS 'Values named in options.auth. Read by no role: only the fetch of the owner''s own calls and jobs uses them.';
+ALTER TABLE apisync.secrets ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON apisync.secrets FROM PUBLIC;
+
+CREATE TABLE apisync.jobs (
+    job_id bigserial PRIMARY KEY,
+    name text NOT NULL CHECK (name <> ''),
+    owner regrole NOT NULL,
+    target regclass NOT NULL,
+    url text NOT NULL,
+    method text NOT NULL DEFAULT 'GET',
+    body jsonb,
+    path text NOT NULL DEFAULT '$',
+    headers jsonb NOT NULL DEFAULT '{}',
+    paging jsonb,
+    options jsonb NOT NULL DEFAULT '{}',
+    write_method text NOT NULL DEFAULT 'append'
+        CHECK (write_method IN ('append', 'replace', 'upsert', 'mirror')),
+    key_columns text[],
+    schedule text,
+    enabled boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- Names are unique per owner, as pg_cron's are per user.
+    UNIQUE (owner, name)
+);
+COMMENT ON TABLE apisync.jobs IS 'Sync jobs: an API, a target table and a write method. Change them with apisync.create_job, alter_job, drop_job.';
+
+CREATE TABLE apisync.job_runs (
+    run_id bigserial PRIMARY KEY,
+    job_id bigint NOT NULL,
+    job_name text NOT NULL,
+    owner regrole NOT NULL,
+    trigger text NOT NULL CHECK (trigger IN ('manual', 'schedule')),
+    status text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'skipped')),
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    requests bigint NOT NULL DEFAULT 0,
+    pages bigint NOT NULL DEFAULT 0,
+    bytes bigint NOT NULL DEFAULT 0,
+    rows_fetched bigint NOT NULL DEFAULT 0,
+    rows_inserted bigint NOT NULL DEFAULT 0,
+    rows_updated bigint NOT NULL DEFAULT 0,
+    rows_deleted bigint NOT NULL DEFAULT 0,
+    rows_rejected bigint NOT NULL DEFAULT 0,
+    error text,
+    sqlstate text,
+    pid int,
+    -- What cut the fetch short ('max_pages'), for an append or upsert run that wrote what it got.
+    cut_by text
+);
+CREATE INDEX ON apisync.job_runs (job_id, run_id);
+COMMENT ON TABLE apisync.job_runs IS 'One row per run, manual or scheduled, successful, failed or skipped.';
+
+CREATE TABLE apisync.rejected_rows (
+    run_id bigint NOT NULL,
+    row_number bigint NOT NULL,
+    raw jsonb,
+    error text NOT NULL,
+    sqlstate text NOT NULL,
+    owner regrole NOT NULL
+);
+CREATE INDEX ON apisync.rejected_rows (run_id);
+
+ALTER TABLE apisync.jobs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apisync.job_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apisync.rejected_rows ENABLE ROW LEVEL SECURITY;
+CREATE POLICY member_jobs ON apisync.jobs FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+CREATE POLICY member_runs ON apisync.job_runs FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+CREATE POLICY member_rejects ON apisync.rejected_rows FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+REVOKE ALL ON apisync.jobs, apisync.job_runs, apisync.rejected_rows FROM PUBLIC;
+GRANT SELECT ON apisync.jobs, apisync.job_runs, apisync.rejected_rows TO PUBLIC;
+REVOKE ALL ON SEQUENCE apisync.jobs_job_id_seq, apisync.job_runs_run_id_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('apisync.secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('apisync.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('apisync.job_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('apisync.rejected_rows', '');
+
+-- Runs in flight, with the progress their worker reports.
+CREATE VIEW apisync.job_progress WITH (security_invoker = true) AS
+    SELECT r.run_id, r.job_name, r.started_at, a.query AS progress
+    FROM apisync.job_runs r
+    LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) r.pid
+        AND a.backend_type OPERATOR(pg_catalog.=) 'apisync run'
+    WHERE r.status OPERATOR(pg_catalog.=) 'running';
+GRANT SELECT ON apisync.job_progress TO PUBLIC;

@@ -1,0 +1,9 @@
+//! Sync jobs: `sql` is their SQL face and `run` the run worker; the job model itself is the
+//! core's (`apisync_core::job`).
+
+pub mod catalog;
+pub mod run;
+pub mod sql;
+mod target;
+
+pub use apisync_core::job::*;
