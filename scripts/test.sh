@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test of pg_apisync, in tiers that share one debug build of the extension:
 #   1. cargo fmt --check and cargo clippy -D warnings (all crates, all targets)
-#   2. cargo pgrx test: plain unit tests of the Postgres-free modules and #[pg_test]s in a
-#      pgrx-managed cluster (run as the postgres user)
+#   2. plain unit tests of the Postgres-free core (cargo test -p apisync-core, no cluster), then
+#      cargo pgrx test: #[pg_test]s in a pgrx-managed cluster (run as the postgres user)
 #   3. integration tests: the installed extension in a throwaway cluster with
 #      shared_preload_libraries = 'pg_apisync,pg_cron', against the devapi server on loopback
 set -euo pipefail
@@ -20,7 +20,8 @@ echo "== format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --features "pg15 pg_test" -- -D warnings
 
-echo "== unit tests and #[pg_test]s"
+echo "== unit tests of the core, and #[pg_test]s"
+cargo test -p apisync-core 2>&1 | tee -a "$LOG"
 # As root, pgrx's cluster runs as postgres: its data directory lives in /tmp, which that user
 # can reach wherever this checkout is.
 if [ "$(id -u)" -eq 0 ]; then

@@ -79,7 +79,7 @@ pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
             launcher.round();
             None
         }))
-        .catch_others(|caught| Some(format!("{caught:?}")))
+        .catch_others(|caught| Some(crate::jobs::run::describe(caught).0))
         .execute();
         if let Some(error) = failed {
             // SAFETY: leaves the failed transaction, as a worker's error recovery does.

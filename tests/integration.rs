@@ -1736,7 +1736,7 @@ mod rejected {
             .get(0);
         assert_eq!(
             first,
-            "5 Shanghai api_fetch row 5, column \"city\": cannot convert \"Shanghai\" to rej_city"
+            "5 Shanghai api_fetch row 5, column \"city\": cannot convert \"Shanghai\" to public.rej_city"
         );
         let other = connect_as("other_user")
             .query_one("SELECT count(*) FROM apisync.rejected_rows", &[])

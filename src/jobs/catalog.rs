@@ -214,8 +214,9 @@ pub fn try_lock_run(job_id: i64) -> bool {
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
-/// Runs of `job_id` (or of every job) marked running whose run lock nobody holds lost their
-/// worker (crash, restart, termination): they failed.
+/// Runs marked running whose worker is gone (crash, restart, termination) failed: with `job_id`,
+/// every running run of that job (the caller holds its run lock, so none is alive); without, the
+/// runs of every job whose run lock nobody holds.
 pub fn fail_interrupted_runs(job_id: Option<i64>) {
     let _ = as_catalog_owner(|| {
         Spi::run_with_args(
@@ -224,14 +225,14 @@ pub fn fail_interrupted_runs(job_id: Option<i64>) {
                     error = 'interrupted: its worker ended before the run finished (crash, restart or termination)'
              WHERE status OPERATOR(pg_catalog.=) 'running'
                AND ($1::pg_catalog.int8 IS NULL OR r.job_id OPERATOR(pg_catalog.=) $1)
-               AND NOT EXISTS (
+               AND ($1::pg_catalog.int8 IS NOT NULL OR NOT EXISTS (
                    SELECT 1 FROM pg_catalog.pg_locks l
                    WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted
                      AND l.database OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database
                                                           WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
                      AND l.objsubid OPERATOR(pg_catalog.=) $2
                      AND l.classid::pg_catalog.oid::pg_catalog.int8 OPERATOR(pg_catalog.=) ((r.job_id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.&) 4294967295)
-                     AND l.objid::pg_catalog.oid::pg_catalog.int8 OPERATOR(pg_catalog.=) (r.job_id OPERATOR(pg_catalog.&) 4294967295))",
+                     AND l.objid::pg_catalog.oid::pg_catalog.int8 OPERATOR(pg_catalog.=) (r.job_id OPERATOR(pg_catalog.&) 4294967295)))",
             &[job_id.into(), i32::from(LOCK_KIND).into()],
         )
     });
@@ -362,7 +363,7 @@ pub fn trim_history(days: i32) {
     let _ = as_catalog_owner(|| {
         Spi::run_with_args(
             "DELETE FROM apisync.job_runs
-             WHERE finished_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1)",
+             WHERE finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1))",
             &[days.into()],
         )?;
         Spi::run(

@@ -708,7 +708,7 @@ fn sqlstate_of(caught: &CaughtError) -> String {
 }
 
 /// The message and SQLSTATE of a caught error.
-fn describe(caught: CaughtError) -> (String, String) {
+pub(crate) fn describe(caught: CaughtError) -> (String, String) {
     let code = sqlstate_of(&caught);
     match caught {
         CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
