@@ -488,7 +488,8 @@ mod bad_input {
             !message.contains("sup3rs3cret") && !detail.contains("sup3rs3cret"),
             "{message} {detail}"
         );
-        assert!(message.contains("key=***"), "{message}");
+        // The key is added to each request, never part of the URL an error shows.
+        assert!(message.ends_with("/status/401"), "{message}");
     }
 }
 

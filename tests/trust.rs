@@ -21,7 +21,8 @@ fn network_role(name: &str) {
             "DROP ROLE IF EXISTS {quoted};
              CREATE ROLE {quoted} LOGIN;
              GRANT CREATE ON SCHEMA public TO {quoted};
-             GRANT EXECUTE ON FUNCTION {FETCH} TO {quoted};"
+             GRANT EXECUTE ON FUNCTION {FETCH} TO {quoted};
+             GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO {quoted};"
         ))
         .unwrap();
 }
@@ -369,4 +370,81 @@ fn job_ids_past_two_to_the_31_run() {
     assert!(id > i64::from(i32::MAX), "{id}");
     assert_eq!(run_status(&mut client, "big_id").unwrap(), "succeeded");
     assert_eq!(count(&mut client, "SELECT count(*) FROM big_t"), 10);
+}
+
+#[test]
+fn credentials_stay_with_their_origin() {
+    network_role("trust_origin");
+    let mut client = connect_as("trust_origin");
+    client
+        .execute(
+            "SELECT apisync.create_secret('hop_key', $1)",
+            &[&"hop-secret"],
+        )
+        .unwrap();
+    let home = api().url("");
+    let home = home.trim_end_matches('/');
+    let other = home.replace("127.0.0.1", "localhost");
+    let url = lit(&format!("{home}/hop?step=1&home={home}&other={other}"));
+    let paging = r#"'{"type": "next_url", "next_path": "$.next"}'"#;
+    for (auth, carried) in [
+        (
+            r#"{"type": "api_key", "name": "X-Api-Key", "in": "header", "secret": "hop_key"}"#,
+            "r->'headers'->>'x-api-key'",
+        ),
+        (
+            r#"{"type": "api_key", "name": "key", "in": "query", "secret": "hop_key"}"#,
+            "r->>'key'",
+        ),
+        (
+            r#"{"type": "bearer", "secret": "hop_key"}"#,
+            "r->'headers'->>'authorization'",
+        ),
+    ] {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT (r->>'step')::int, {carried}, r->'headers'->>'referer'
+                     FROM api_fetch({url}, path => '$.data', paging => {paging},
+                                    options => '{{\"auth\": {auth}}}') r"
+                ),
+                &[],
+            )
+            .unwrap();
+        let seen: Vec<(i32, Option<String>, Option<String>)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let with = |v: &Option<String>| v.as_deref().is_some_and(|v| v.contains("hop-secret"));
+        assert_eq!(seen.len(), 3, "{auth}: {seen:?}");
+        assert!(
+            with(&seen[0].1),
+            "{auth}: page 1 at its origin carries it: {seen:?}"
+        );
+        assert!(
+            seen[1].1.is_none(),
+            "{auth}: another origin gets nothing: {seen:?}"
+        );
+        assert!(
+            with(&seen[2].1),
+            "{auth}: back at its origin, it carries it again: {seen:?}"
+        );
+        assert!(seen.iter().all(|s| s.2.is_none()), "no Referer: {seen:?}");
+    }
+
+    // A redirect to another origin drops them too.
+    let hop = lit(&format!("{home}/redirect-to?url={other}/echo"));
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT body_json->'headers' ? 'x-api-key', body_json->'headers' ? 'referer', final_url
+                 FROM api_request({hop},
+                     options => '{{\"auth\": {{\"type\": \"api_key\", \"name\": \"X-Api-Key\", \"in\": \"header\", \"secret\": \"hop_key\"}}}}')"
+            ),
+            &[],
+        )
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "the key went to another origin");
+    assert!(!row.get::<_, bool>(1), "a Referer was sent");
+    assert_eq!(row.get::<_, String>(2), format!("{other}/echo"));
 }

@@ -160,22 +160,12 @@ impl Error {
 
     /// Replaces every occurrence of each secret by `***` in all the text of the error.
     pub fn redact(mut self, secrets: &[String]) -> Self {
-        // Longest first: a secret inside another ("x" in "Bearer x") must not break its match.
-        let mut ordered: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
-        ordered.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let scrub = |text: &mut String| {
-            for secret in &ordered {
-                if text.contains(secret.as_str()) {
-                    *text = text.replace(secret.as_str(), "***");
-                }
-            }
-        };
-        scrub(&mut self.message);
+        self.message = scrub(&self.message, secrets);
         if let Some(detail) = self.detail.as_mut() {
-            scrub(detail);
+            *detail = scrub(detail, secrets);
         }
         if let Some(hint) = self.hint.as_mut() {
-            scrub(hint);
+            *hint = scrub(hint, secrets);
         }
         self
     }
@@ -190,6 +180,29 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `text` with every occurrence of each secret replaced by `***`.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    // Longest first: a secret inside another ("x" in "Bearer x") must not break its match.
+    let mut ordered: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    ordered.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut text = text.to_string();
+    for secret in ordered {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
+}
+
+/// The start of a body for an error's detail: redacted first, then cut, so that a cut secret
+/// cannot show its start.
+pub fn body_snippet(body: &[u8], secrets: &[String]) -> String {
+    snippet(
+        scrub(String::from_utf8_lossy(body).trim(), secrets).as_str(),
+        200,
+    )
+}
 
 /// Cuts `text` to at most `max` characters, marking the cut, for quoting bodies and values.
 pub fn snippet(text: &str, max: usize) -> String {
@@ -224,6 +237,13 @@ mod tests {
             SqlState::InvalidJsonText.packed(),
             SqlState::from_code("22032").packed()
         );
+    }
+
+    #[test]
+    fn snippets_are_redacted_before_they_are_cut() {
+        let body = format!("{}token=abcdefgh", "x".repeat(195));
+        let shown = body_snippet(body.as_bytes(), &["abcdefgh".to_string()]);
+        assert!(!shown.contains("abc"), "{shown}");
     }
 
     #[test]

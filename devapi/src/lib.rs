@@ -195,6 +195,31 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             response
         }
         ["echo"] => echo(request, &query).await,
+        ["hop"] => {
+            // A next_url chain across two origins: step 1 at `home`, step 2 at `other`, step 3
+            // at `home` again; each page says what its request carried.
+            let step = number("step", 1);
+            let base = |key: &str| query.get(key).cloned().unwrap_or_default();
+            let next = match step {
+                1 => Some(base("other")),
+                2 => Some(base("home")),
+                _ => None,
+            }
+            .map(|origin| {
+                format!(
+                    "{origin}/hop?step={}&home={}&other={}",
+                    step + 1,
+                    base("home"),
+                    base("other")
+                )
+            });
+            let carried: Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or(""))))
+                .collect();
+            let row = json!({"step": step, "headers": carried, "key": query.get("key")});
+            json_response(StatusCode::OK, &json!({"data": [row], "next": next}))
+        }
         ["status", code] => {
             let code = code
                 .parse::<u16>()

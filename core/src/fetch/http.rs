@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::Client;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::{Client, Method, StatusCode};
 
 use super::oauth;
-use crate::error::{snippet, Error, Result, SqlState};
+use crate::error::{Error, Result, SqlState};
 use crate::policy::PolicyDenied;
 use crate::spec::{RateLimit, RequestSpec};
 
@@ -28,9 +28,9 @@ pub struct Response {
 }
 
 impl Response {
-    /// The start of the body as text, for error details.
-    pub fn body_snippet(&self) -> String {
-        snippet(String::from_utf8_lossy(&self.body).trim(), 200)
+    /// The start of the body as text, for error details, without `secrets`.
+    pub fn body_snippet(&self, secrets: &[String]) -> String {
+        crate::error::body_snippet(&self.body, secrets)
     }
 }
 
@@ -47,7 +47,10 @@ pub async fn send(client: &Client, spec: &RequestSpec) -> Result<Response> {
             Some(oauth) => Some(oauth::token(client, oauth, spec).await?),
             None => None,
         };
-        let result = send_once(client, spec, bearer.as_deref()).await;
+        // The access token is a secret too: never in an error.
+        let result = send_once(client, spec, bearer.as_deref())
+            .await
+            .map_err(|e| e.redact(bearer.as_slice()));
         let wait = match &result {
             Ok(response) if response.status == 401 && !token_refreshed => {
                 if let Some(oauth) = &spec.oauth {
@@ -133,34 +136,101 @@ impl RateLimit {
     }
 }
 
+/// Redirects followed at most, each hop checked against the network policy before it is sent.
+pub const MAX_REDIRECTS: usize = 10;
+
 async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) -> Result<Response> {
-    spec.policy
-        .check_url(&spec.url)
-        .map_err(|d| d.into_error().redact(&spec.secrets))?;
     let started = Instant::now();
-    let mut request = client
-        .request(spec.method.clone(), spec.url.clone())
-        .headers(spec.headers.clone())
-        .timeout(spec.timeout);
-    if let Some(token) = bearer {
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            Error::invalid("the OAuth2 server sent a token that is not a valid header")
-        })?;
-        value.set_sensitive(true);
-        request = request.header(AUTHORIZATION, value);
-    }
-    if let Some(content) = spec.body.content() {
-        if !spec.headers.contains_key(CONTENT_TYPE) {
-            if let Some(content_type) = spec.body.content_type() {
-                request = request.header(CONTENT_TYPE, content_type);
+    let mut url = spec.url.clone();
+    let mut method = spec.method.clone();
+    let mut with_body = true;
+    let mut hops = 0;
+    // Redirects are followed here, not by the client: each hop is checked against the policy,
+    // and credentials go only to their own origin (no Referer is ever sent).
+    let mut response = loop {
+        spec.policy
+            .check_url(&url)
+            .map_err(|d| d.into_error().redact(&spec.secrets))?;
+        let credentials = spec.credentials.go_to(&url);
+        let mut target = url.clone();
+        let mut headers = spec.headers.clone();
+        if credentials {
+            if let Some((name, value)) = &spec.credentials.query {
+                target.query_pairs_mut().append_pair(name, value);
+            }
+        } else {
+            for name in &spec.credentials.headers {
+                headers.remove(name);
             }
         }
-        request = request.body(content);
-    }
-    let mut response = request.send().await.map_err(|e| transport_error(e, spec))?;
+        let mut request = client
+            .request(method.clone(), target)
+            .headers(headers)
+            .timeout(
+                spec.timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1)),
+            );
+        if let Some(token) = bearer.filter(|_| credentials) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                Error::invalid("the OAuth2 server sent a token that is not a valid header")
+            })?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        if let Some(content) = spec.body.content().filter(|_| with_body) {
+            if !spec.headers.contains_key(CONTENT_TYPE) {
+                if let Some(content_type) = spec.body.content_type() {
+                    request = request.header(CONTENT_TYPE, content_type);
+                }
+            }
+            request = request.body(content);
+        }
+        let response = request.send().await.map_err(|e| transport_error(e, spec))?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_string);
+        let Some(location) = location.filter(|_| status.is_redirection() && status != 304) else {
+            break response;
+        };
+        hops += 1;
+        if hops > MAX_REDIRECTS {
+            return Err(Error::new(
+                SqlState::ConnectionFailure,
+                format!(
+                    "request to {} failed: too many redirects (more than {MAX_REDIRECTS})",
+                    spec.display_url()
+                ),
+            )
+            .with_hint("at most 10 redirects are followed")
+            .redact(&spec.secrets));
+        }
+        url = url.join(&location).map_err(|e| {
+            Error::new(
+                SqlState::ConnectionFailure,
+                format!(
+                    "request to {} failed: invalid redirect location: {e}",
+                    spec.display_url()
+                ),
+            )
+            .redact(&spec.secrets)
+        })?;
+        // 303, and 301/302 after a POST, continue as GET without a body (as browsers do).
+        if status == StatusCode::SEE_OTHER
+            || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                && method == Method::POST)
+        {
+            method = Method::GET;
+            with_body = false;
+        }
+    };
     let status = response.status();
     let headers = response.headers().clone();
-    let final_url = response.url().to_string();
+    // The last hop as requested, without the query key the request carried.
+    let final_url = url.to_string();
 
     let limit = spec.max_response_bytes;
     if let Some(length) = response.content_length() {

@@ -31,7 +31,7 @@ const PAGE_BUFFER: usize = 2;
 
 /// The process's runtime and clients, created on first use (never in the postmaster) and reused
 /// by every call: one connection pool per network policy, keep-alive across calls. A client
-/// carries its policy in its resolver and redirect rules, so each policy has its own.
+/// carries its policy in its resolver, so each policy has its own.
 pub struct Http {
     pub runtime: Runtime,
     clients: Mutex<Vec<(Arc<NetworkPolicy>, Client)>>,
@@ -69,18 +69,11 @@ impl Http {
         if let Some((_, client)) = clients.iter().find(|(p, _)| **p == **policy) {
             return Ok(client.clone());
         }
-        let redirects = policy.clone();
         let _entered = self.runtime.enter();
+        // Redirects are followed by `http::send`, hop by hop: credentials stay with their origin.
         let client = Client::builder()
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
-                    attempt.error(format!("too many redirects (more than {MAX_REDIRECTS})"))
-                } else if let Err(denied) = redirects.check_url(attempt.url()) {
-                    attempt.error(denied)
-                } else {
-                    attempt.follow()
-                }
-            }))
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
             .no_proxy()
             .gzip(true)
@@ -98,8 +91,6 @@ impl Http {
         Ok(client)
     }
 }
-
-const MAX_REDIRECTS: usize = 10;
 
 /// Postgres's signal handlers belong to the backend thread; a signal delivered to a runtime thread
 /// would run them there. Blocking all signals here sends every one to the backend thread.
@@ -385,7 +376,10 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
             SqlState::ExternalRoutineException,
             format!("HTTP {} from {url}{tries}", status.trim_end()),
         )
-        .with_detail(format!("response body: {}", response.body_snippet()))
+        .with_detail(format!(
+            "response body: {}",
+            response.body_snippet(&spec.secrets)
+        ))
         .redact(&spec.secrets));
     }
     if response.status == 204 {
@@ -427,7 +421,10 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
                 )
             };
             error
-                .with_detail(format!("response body: {}", response.body_snippet()))
+                .with_detail(format!(
+                    "response body: {}",
+                    response.body_snippet(&spec.secrets)
+                ))
                 .redact(&spec.secrets)
         })
 }

@@ -8,7 +8,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Client;
 use serde_json::Value;
 
-use crate::error::{snippet, Error, Result, SqlState};
+use crate::error::{Error, Result, SqlState};
 use crate::spec::{base64_encode, OAuth2, RequestSpec};
 
 /// Tokens are renewed this long before they expire.
@@ -88,15 +88,30 @@ async fn request_token(
         .await
         .map_err(|e| fail(crate::fetch::http::causes(&e.without_url())))?;
     let status = response.status();
-    let body = response
-        .bytes()
+    let mut response = response;
+    // Read within the size limit, as every body is.
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| fail(crate::fetch::http::causes(&e.without_url())))?;
+        .map_err(|e| fail(crate::fetch::http::causes(&e.without_url())))?
+    {
+        if (body.len() + chunk.len()) as u64 > spec.max_response_bytes {
+            return Err(Error::new(
+                SqlState::ProgramLimitExceeded,
+                format!(
+                    "OAuth2 token response from {url} is larger than the limit of {} bytes",
+                    spec.max_response_bytes
+                ),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
     if !status.is_success() {
         return Err(fail(format!("HTTP {status}"))
             .with_detail(format!(
                 "response body: {}",
-                snippet(&String::from_utf8_lossy(&body), 200)
+                crate::error::body_snippet(&body, &spec.secrets)
             ))
             .redact(&spec.secrets));
     }

@@ -61,6 +61,30 @@ pub struct RequestSpec {
     /// OAuth2 client credentials: the token is fetched (and cached) when sending.
     pub oauth: Option<Arc<OAuth2>>,
     pub policy: Arc<NetworkPolicy>,
+    /// What carries credentials, and the one origin they are sent to.
+    pub credentials: Arc<Credentials>,
+}
+
+/// A request's credentials belong to the origin (scheme, host, port) of the URL they were given
+/// for: requests to any other origin — a next page on another host, a redirect, a downgrade to
+/// http — go without them.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub origin: Option<url::Origin>,
+    /// Headers that carry credentials: Authorization, API keys, cookies.
+    pub headers: Vec<HeaderName>,
+    /// An API key sent in the query (`options.auth` with `"in": "query"`): added to each request
+    /// to the origin, so it is never part of a page's URL.
+    pub query: Option<(String, String)>,
+}
+
+impl Credentials {
+    /// Whether a request to `url` carries the credentials.
+    pub fn go_to(&self, url: &Url) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|origin| *origin == url.origin())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,12 +313,30 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
             }
         }
     }
+    let mut credentials = Credentials {
+        origin: Some(url.origin()),
+        headers: headers
+            .keys()
+            .filter(|name| CREDENTIAL_HEADERS.contains(&name.as_str()))
+            .cloned()
+            .collect(),
+        query: None,
+    };
     let oauth = match &options.auth {
-        Some(auth) => apply_auth(auth, &args.secrets, &mut url, &mut headers, &mut secrets)?,
+        Some(auth) => apply_auth(
+            auth,
+            &args.secrets,
+            &mut credentials,
+            &mut headers,
+            &mut secrets,
+        )?,
         None => None,
     };
     if let Some(password) = url.password() {
         secrets.push(password.to_string());
+        // As sent: the Basic credentials of the user info, base64-encoded.
+        let userinfo = format!("{}:{password}", url.username());
+        secrets.push(base64_encode(userinfo.as_bytes()));
     }
     for checked in std::iter::once(&url).chain(oauth.as_ref().map(|o| &o.token_url)) {
         limits
@@ -334,6 +376,7 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
         retry,
         oauth: oauth.map(Arc::new),
         policy: limits.policy.clone(),
+        credentials: Arc::new(credentials),
     };
     Ok((spec, options))
 }
@@ -592,7 +635,7 @@ fn query_values(name: &str, value: &Value) -> Result<Vec<String>> {
 fn apply_auth(
     auth: &Auth,
     stored: &HashMap<String, String>,
-    url: &mut Url,
+    credentials: &mut Credentials,
     headers: &mut HeaderMap,
     secrets: &mut Vec<String>,
 ) -> Result<Option<OAuth2>> {
@@ -627,6 +670,7 @@ fn apply_auth(
                 reqwest::header::AUTHORIZATION,
                 sensitive(format!("Bearer {token}"))?,
             );
+            credentials.headers.push(reqwest::header::AUTHORIZATION);
         }
         Auth::Basic {
             username,
@@ -641,6 +685,7 @@ fn apply_auth(
                 reqwest::header::AUTHORIZATION,
                 sensitive(format!("Basic {encoded}"))?,
             );
+            credentials.headers.push(reqwest::header::AUTHORIZATION);
         }
         Auth::ApiKey {
             name,
@@ -655,10 +700,11 @@ fn apply_auth(
                     let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                         Error::invalid(format!("invalid header name \"{name}\" in options.auth"))
                     })?;
-                    headers.insert(header, sensitive(value)?);
+                    headers.insert(header.clone(), sensitive(value)?);
+                    credentials.headers.push(header);
                 }
                 ApiKeyPlace::Query => {
-                    url.query_pairs_mut().append_pair(name, &value);
+                    credentials.query = Some((name.clone(), value.clone()));
                     // The encoded form is what appears in URLs.
                     let encoded: String =
                         url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
@@ -1014,7 +1060,15 @@ mod tests {
             json!({"auth": {"type": "api_key", "name": "key", "in": "query", "value": "k/1"}}),
         )
         .unwrap();
-        assert_eq!(spec.display_url(), "http://h/?key=***");
+        // Added to each request to the origin, never part of a page's URL.
+        assert_eq!(spec.display_url(), "http://h/");
+        assert_eq!(
+            spec.credentials.query,
+            Some(("key".to_string(), "k/1".to_string()))
+        );
+        assert!(spec.credentials.go_to(&Url::parse("http://h/next").unwrap()));
+        assert!(!spec.credentials.go_to(&Url::parse("https://h/").unwrap()));
+        assert!(!spec.credentials.go_to(&Url::parse("http://h:8080/").unwrap()));
 
         let err = request("http://h/", json!({"auth": {"type": "bearer"}})).unwrap_err();
         assert!(
