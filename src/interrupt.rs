@@ -24,12 +24,15 @@ pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
             tokio::select! {
                 biased;
                 output = &mut future => return Some(output),
-                _ = tick.tick() => if pending() { return None },
+                _ = tick.tick() => if pending() || postmaster_gone() { return None },
             }
         }
     });
     match finished {
         Some(output) => Ok(output),
+        None if postmaster_gone() => Err(crate::error::Error::internal(
+            "the postmaster died: the request was abandoned",
+        )),
         None => {
             pgrx::check_for_interrupts!();
             // Interrupts were held off: still stop, with the cancel's own SQLSTATE.
@@ -61,4 +64,11 @@ pub fn pending() -> bool {
         std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
             || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
     }
+}
+
+/// The postmaster is gone: this process was handed to another parent. Checked while waiting on
+/// the network, which no latch covers.
+pub fn postmaster_gone() -> bool {
+    // SAFETY: reads a global set at fork, and asks the kernel for the parent's pid.
+    unsafe { libc::getppid() != pg_sys::PostmasterPid }
 }

@@ -10,6 +10,7 @@ pub use apisync_core::{error, extract, fetch, policy, spec};
 pub mod interrupt;
 pub mod jobs;
 pub mod roles;
+pub mod route;
 pub mod settings;
 pub mod sql;
 pub mod worker;

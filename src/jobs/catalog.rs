@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::JobArgs;
 use crate::error::{Error, Result, SqlState};
 use crate::roles::{as_catalog_owner, is_member};
-use crate::sql::fetch::{FetchStats, Rejected};
+use crate::route::{FetchStats, Rejected};
 
 /// One row of `apisync.jobs`.
 #[derive(Debug, Clone)]

@@ -2,8 +2,8 @@
 //! core's (`apisync_core::job`).
 
 pub mod catalog;
+pub mod functions;
 pub mod run;
-pub mod sql;
 mod target;
 
 pub use apisync_core::job::*;

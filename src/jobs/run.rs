@@ -19,12 +19,12 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use super::catalog::{self, JobRow, Outcome, Written};
-use super::sql::{build_fetch_spec, check, Checked};
+use super::functions::{build_fetch_spec, check, Checked};
 use super::WriteMethod;
 use crate::error::{Error, Result, SqlState};
 use crate::roles::{as_role, is_superuser, quote, role_name};
+use crate::route::{lend, start, Fetch, FetchStats, Rejected, Requester, RunTally};
 use crate::settings;
-use crate::sql::fetch::{lend, start, Fetch, FetchStats, Rejected, Requester, RunTally};
 use crate::sql::OrRaise;
 
 /// What a run worker is started with (its `bgw_extra`): the database, the job, the run's id and

@@ -1,8 +1,8 @@
 //! The SQL face: thin `#[pg_extern]` functions over the Postgres-free core, and the one mapping
 //! from `Error` to a Postgres ERROR.
 
-pub(crate) mod fetch;
-mod request;
+mod api_fetch;
+mod api_request;
 pub(crate) mod rows;
 pub(crate) mod secrets;
 #[cfg(any(test, feature = "pg_test"))]

@@ -1066,9 +1066,13 @@ mod tests {
             spec.credentials.query,
             Some(("key".to_string(), "k/1".to_string()))
         );
-        assert!(spec.credentials.go_to(&Url::parse("http://h/next").unwrap()));
+        assert!(spec
+            .credentials
+            .go_to(&Url::parse("http://h/next").unwrap()));
         assert!(!spec.credentials.go_to(&Url::parse("https://h/").unwrap()));
-        assert!(!spec.credentials.go_to(&Url::parse("http://h:8080/").unwrap()));
+        assert!(!spec
+            .credentials
+            .go_to(&Url::parse("http://h:8080/").unwrap()));
 
         let err = request("http://h/", json!({"auth": {"type": "bearer"}})).unwrap_err();
         assert!(

@@ -265,6 +265,38 @@ mod tests {
         ] {
             Paging::parse(&spec).unwrap_or_else(|e| panic!("{spec}: {}", e.message));
         }
+        // What each shape means, not only that it parses.
+        let fdl = Paging::parse(&json!({"type": "page_number", "in": "body", "page_param": "paging.pageNum", "size_param": "paging.pageSize", "page_size": 500, "total_path": "$.totalNum"})).unwrap();
+        assert!(
+            matches!(&fdl.kind, PagingKind::PageNumber { param, start: 1 } if param == "paging.pageNum")
+        );
+        assert_eq!(fdl.place, ParamPlace::Body);
+        assert_eq!(
+            (fdl.size_param.as_deref(), fdl.page_size),
+            (Some("paging.pageSize"), Some(500))
+        );
+        assert_eq!(
+            fdl.total_path.as_ref().map(|p| p.text()),
+            Some("$.totalNum")
+        );
+        let stripe = Paging::parse(&json!({"type": "cursor", "cursor_path": "$.data[-1].id", "cursor_param": "starting_after", "has_more_path": "$.has_more", "size_param": "limit", "page_size": 100})).unwrap();
+        assert!(
+            matches!(&stripe.kind, PagingKind::Cursor { path, param } if param == "starting_after" && path.text() == "$.data[-1].id")
+        );
+        assert_eq!(stripe.place, ParamPlace::Query);
+        assert_eq!(
+            stripe.has_more_path.as_ref().map(|p| p.text()),
+            Some("$.has_more")
+        );
+        let drf = Paging::parse(&json!({"type": "next_url", "next_path": "$.next"})).unwrap();
+        assert!(matches!(&drf.kind, PagingKind::NextUrl { path } if path.text() == "$.next"));
+        let github = Paging::parse(
+            &json!({"type": "link_header", "size_param": "per_page", "page_size": 100}),
+        )
+        .unwrap();
+        assert!(matches!(github.kind, PagingKind::LinkHeader));
+        let offset = Paging::parse(&json!({"type": "offset", "offset_param": "offset", "size_param": "limit", "page_size": 100, "total_path": "$.total"})).unwrap();
+        assert!(matches!(&offset.kind, PagingKind::Offset { param } if param == "offset"));
     }
 
     #[test]

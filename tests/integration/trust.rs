@@ -448,3 +448,30 @@ fn credentials_stay_with_their_origin() {
     assert!(!row.get::<_, bool>(1), "a Referer was sent");
     assert_eq!(row.get::<_, String>(2), format!("{other}/echo"));
 }
+
+#[test]
+fn a_dropped_owners_jobs_never_run() {
+    network_role("trust_gone");
+    let mut client = connect_as("trust_gone");
+    job(&mut client, "orphan", "orphan_t", "");
+    drop(client);
+    let mut su = connect();
+    su.batch_execute(
+        "REASSIGN OWNED BY trust_gone TO postgres; DROP OWNED BY trust_gone; DROP ROLE trust_gone",
+    )
+    .unwrap();
+    // The job stays, owned by an OID no role has: it never runs, and says why.
+    let (code, message, _) = sql_error(su.batch_execute("SELECT apisync.run_job('orphan')"));
+    assert_eq!(code, "42704", "{message}");
+    assert!(message.contains("no longer exists"), "{message}");
+    assert_eq!(api().requests_to("/t-orphan/api/users"), 0);
+    // A role created later never inherits it.
+    network_role("trust_gone");
+    let mut newcomer = connect_as("trust_gone");
+    assert_eq!(count(&mut newcomer, "SELECT count(*) FROM apisync.jobs"), 0);
+    let (code, _, _) = sql_error(newcomer.batch_execute("SELECT apisync.run_job('orphan')"));
+    assert_eq!(code, "42704");
+    // A superuser drops it (or hands it to another role with alter_job).
+    su.batch_execute("SELECT apisync.drop_job('orphan')")
+        .unwrap();
+}

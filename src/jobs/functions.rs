@@ -7,8 +7,8 @@ use pgrx::prelude::*;
 use super::target::Target;
 use super::{JobArgs, JobSpec};
 use crate::error::{Error, Result};
+use crate::route::fetch_spec;
 use crate::spec::RequestArgs;
-use crate::sql::fetch::fetch_spec;
 use crate::sql::rows::RowMaker;
 use crate::sql::secrets;
 
@@ -315,7 +315,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         fcinfo: pg_sys::FunctionCallInfo,
     ) -> pg_sys::Datum {
         // SAFETY: fcinfo is PostgreSQL's.
-        unsafe { crate::sql::fetch::lent_rows(fcinfo) }
+        unsafe { crate::route::lent_rows(fcinfo) }
     }
 
     #[no_mangle]
