@@ -4,6 +4,7 @@
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PG_BIN=/usr/lib/postgresql/15/bin
+PG_REGRESS_DIR=/usr/lib/postgresql/15/lib/pgxs/src/test/regress
 
 work=$(mktemp -d /tmp/apisync.XXXXXX)
 api_pid=""

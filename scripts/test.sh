@@ -5,6 +5,8 @@
 #      cargo pgrx test: #[pg_test]s in a pgrx-managed cluster (run as the postgres user)
 #   3. integration tests: the installed extension in a throwaway cluster with
 #      shared_preload_libraries = 'pg_apisync,pg_cron', against the devapi server on loopback
+#   4. the golden tier: pg_regress over tests/pg_regress (the SQL surface, privileges, every
+#      documented error with its SQLSTATE), in a throwaway cluster of its own
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
@@ -38,6 +40,9 @@ install_flags=()
 [ "$(id -u)" -eq 0 ] || install_flags=(--sudo)
 cargo pgrx install --pg-config "$PG_CONFIG" "${install_flags[@]}"
 cargo test -p apisync-tests 2>&1 | tee -a "$LOG"
+
+echo "== golden SQL output (pg_regress)"
+scripts/regress.sh 2>&1 | tee -a "$LOG"
 
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$LOG"

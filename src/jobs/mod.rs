@@ -5,5 +5,6 @@ pub mod catalog;
 pub mod functions;
 pub mod run;
 mod target;
+mod write;
 
 pub use apisync_core::job::*;

@@ -20,6 +20,7 @@ use pgrx::JsonB;
 
 use super::catalog::{self, JobRow, Outcome, Written};
 use super::functions::{build_fetch_spec, check, Checked};
+use super::write::WriteSql;
 use super::WriteMethod;
 use crate::error::{Error, Result, SqlState};
 use crate::roles::{as_role, is_superuser, quote, role_name};
@@ -411,17 +412,20 @@ fn save_rejects(run_id: i64, owner: Oid, fetch: &Rc<RefCell<Fetch>>) -> i64 {
     catalog::save_rejects(run_id, owner, rows).or_raise()
 }
 
-/// The write method, as SQL over the rows of the fetch (`apisync._job_rows`), typed by the target's
-/// row type (a parameter of that type: no name is parsed as a type).
+/// The write method over the rows of the fetch, typed by the target's row type (a parameter of
+/// that type: no name is parsed as a type). Keys seldom repeat within a run, so upsert stages
+/// rows as they come and writes them at once; only when a key repeats (the write fails with
+/// cardinality_violation and its subtransaction is undone) are they sorted to keep each key's
+/// last row, as row by row would.
 fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
-    let target = &checked.target;
     let write_method = checked.spec.write;
-    let key_names = checked.keys.clone().unwrap_or_default();
-    let (name, columns) = (&target.name, &target.columns);
-    let list = columns.join(", ");
-    let fetched = "apisync._job_rows($1)";
-    let rowtype = target.rowtype;
-    let processed = |sql: &str, reads_fetch: bool| -> i64 {
+    let sql = WriteSql {
+        target: checked.target.name.clone(),
+        columns: checked.target.columns.clone(),
+        keys: checked.keys.iter().flatten().map(|k| quote(k)).collect(),
+    };
+    let rowtype = checked.target.rowtype;
+    let processed = |statement: &str, reads_fetch: bool| -> i64 {
         let run = || {
             Spi::connect_mut(|client| {
                 let args = if reads_fetch {
@@ -430,7 +434,7 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
                     vec![]
                 };
                 client
-                    .update(sql, None, &args)
+                    .update(statement, None, &args)
                     .map(|table| table.len() as i64)
             })
             .unwrap_or_else(|e| error!("{e}"))
@@ -444,83 +448,35 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
     let max_rejected = checked.spec.options.max_rejected;
     let mut written = Written::default();
     if write_method == WriteMethod::Replace {
-        written.deleted = processed(&format!("DELETE FROM {name}"), false);
+        written.deleted = processed(&sql.delete_all(), false);
     }
-    // The set-returning call sits in FROM, where the fetch fills PostgreSQL's tuplestore itself
-    // (spilling to a temporary file past work_mem): measured, that is a quarter faster than
-    // rows one by one from a select list, which form a tuple per row and take it apart again.
     if !write_method.uses_keys() && max_rejected == 0 {
-        written.inserted = processed(
-            &format!("INSERT INTO {name} ({list}) SELECT {list} FROM {fetched} f"),
-            true,
-        );
+        written.inserted = processed(&sql.insert_fetched(), true);
         return written;
     }
-    let keys: Vec<String> = key_names.iter().map(|k| quote(k)).collect();
-    let keys = keys.join(", ");
     // Staged first: upsert needs the run's keys, and rejecting rows needs ranges to retry.
-    // With keys, the last row of a key wins, as it would row by row. Keys seldom repeat within a
-    // run, so rows are staged as they come and written at once; only when a key repeats (the
-    // write fails with cardinality_violation and its subtransaction is undone) are they sorted
-    // to keep each key's last row. Rejecting rows needs the kept rows from the start.
-    let dedupe = format!(
-        "SELECT DISTINCT ON ({keys}) * FROM pg_temp.apisync_stage ORDER BY {keys}, apisync_row DESC"
-    );
-    let (distinct, order) = if write_method.uses_keys() && max_rejected > 0 {
-        (
-            format!("DISTINCT ON ({keys})"),
-            format!("ORDER BY {keys}, f.apisync_n DESC"),
-        )
-    } else {
-        (String::new(), String::new())
-    };
-    processed("DROP TABLE IF EXISTS pg_temp.apisync_stage", false);
     processed(
-        &format!(
-            "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
-             SELECT {distinct} {list}, f.apisync_n AS apisync_row
-             FROM (SELECT r.*, pg_catalog.row_number() OVER () AS apisync_n FROM {fetched} r) f
-             {order}"
-        ),
+        &format!("DROP TABLE IF EXISTS {}", super::write::STAGE),
+        false,
+    );
+    processed(
+        &sql.stage(write_method.uses_keys() && max_rejected > 0),
         true,
     );
-    let range = "FROM pg_temp.apisync_stage WHERE apisync_row BETWEEN $1 AND $2";
-    let statement = if write_method.uses_keys() {
-        format!(
-            "WITH written AS (
-                 INSERT INTO {name} AS t ({list}) SELECT {list} {range}
-                 ON CONFLICT ({keys}) DO {}
-                 RETURNING (t.xmax = 0) AS inserted)
-             SELECT pg_catalog.count(*) FILTER (WHERE inserted), pg_catalog.count(*) FILTER (WHERE NOT inserted) FROM written",
-            conflict_action(columns, &key_names)
-        )
-    } else {
-        format!(
-            "WITH written AS (INSERT INTO {name} ({list}) SELECT {list} {range} RETURNING 1)
-             SELECT pg_catalog.count(*), 0::pg_catalog.int8 FROM written"
-        )
-    };
-    let last = Spi::get_one::<i64>(
-        "SELECT coalesce(pg_catalog.max(apisync_row), 0) FROM pg_temp.apisync_stage",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(0);
+    let statement = sql.write_staged(write_method);
+    let last = Spi::get_one::<i64>(&WriteSql::last_staged())
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     let (inserted, updated) = if max_rejected > 0 {
         write_rejecting(&statement, 1, last, fetch)
     } else if write_method.uses_keys() {
         match in_subtransaction(|| write_range(&statement, 1, last)) {
             Ok(counts) => counts,
             Err(caught) if sqlstate_of(&caught) == "21000" => {
-                processed(
-                    &format!("CREATE TEMP TABLE apisync_kept ON COMMIT DROP AS {dedupe}"),
-                    false,
-                );
-                processed("DROP TABLE pg_temp.apisync_stage", false);
-                processed(
-                    "ALTER TABLE pg_temp.apisync_kept RENAME TO apisync_stage",
-                    false,
-                );
+                for step in sql.keep_last_of_each_key() {
+                    processed(&step, false);
+                }
                 write_range(&statement, 1, last)
             }
             Err(caught) => (*caught).rethrow(),
@@ -531,44 +487,9 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
     written.inserted = inserted;
     written.updated = updated;
     if write_method == WriteMethod::Mirror {
-        let matches: Vec<String> = key_names
-            .iter()
-            .map(|k| quote(k))
-            .map(|k| format!("s.{k} = t.{k}"))
-            .collect();
-        written.deleted = processed(
-            &format!(
-                "DELETE FROM {name} t WHERE NOT EXISTS (SELECT 1 FROM pg_temp.apisync_stage s WHERE {})",
-                matches.join(" AND ")
-            ),
-            false,
-        );
+        written.deleted = processed(&sql.delete_unseen(), false);
     }
     written
-}
-
-/// `DO UPDATE` of the non-key columns, skipping rows whose values are unchanged; `DO NOTHING`
-/// when every column is a key.
-fn conflict_action(columns: &[String], keys: &[String]) -> String {
-    let others: Vec<&String> = columns
-        .iter()
-        .filter(|c| !keys.iter().any(|k| quote(k) == **c))
-        .collect();
-    if others.is_empty() {
-        return "NOTHING".into();
-    }
-    let set: Vec<String> = others
-        .iter()
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect();
-    let old: Vec<String> = others.iter().map(|c| format!("t.{c}")).collect();
-    let new: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
-    format!(
-        "UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
-        set.join(", "),
-        old.join(", "),
-        new.join(", ")
-    )
 }
 
 /// (inserted, updated) by `statement` over the staged rows `first..=last`.
@@ -596,15 +517,11 @@ fn write_rejecting(
     {
         Ok(counts) => counts,
         Err((error, sqlstate)) if first == last => {
-            let raw = Spi::get_one_with_args::<JsonB>(
-                "SELECT pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.-) 'apisync_row'
-                 FROM pg_temp.apisync_stage s WHERE apisync_row OPERATOR(pg_catalog.=) $1",
-                &[first.into()],
-            )
-            .ok()
-            .flatten()
-            .map(|j| j.0)
-            .unwrap_or(serde_json::Value::Null);
+            let raw = Spi::get_one_with_args::<JsonB>(&WriteSql::staged_row(), &[first.into()])
+                .ok()
+                .flatten()
+                .map(|j| j.0)
+                .unwrap_or(serde_json::Value::Null);
             let rejected = Rejected {
                 row_number: first,
                 raw,

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{snippet, Error, Result, SqlState};
 use crate::extract::cells::{Cell, Compact, Layout, Want};
-use crate::extract::{iso8601_micros, RowPath};
+use crate::extract::{iso8601_micros, ColumnKey, RowPath};
 use crate::spec::json_kind;
 
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).
@@ -45,8 +45,8 @@ struct Composite {
 }
 
 struct Column {
-    name: String,
-    lower: String,
+    /// The column's name, and how it takes a row's key.
+    key: ColumnKey,
     path: Option<RowPath>,
     /// `None` for a dropped column: always NULL.
     converter: Option<Converter>,
@@ -160,7 +160,7 @@ impl RowMaker {
                 .converter
                 .as_ref()
                 .map_or(Want::Skip, Converter::want);
-            (column.name.clone(), want)
+            (column.key.name.clone(), want)
         })))
     }
 
@@ -176,7 +176,7 @@ impl RowMaker {
             };
             let converted = converter.convert_cell(&cells[i], page).map_err(|failure| {
                 failure.at(
-                    format!("api_fetch row {number}, column \"{}\"", column.name),
+                    format!("api_fetch row {number}, column \"{}\"", column.key.name),
                     &page.value(&cells[i]),
                     converter.typoid,
                 )
@@ -264,8 +264,7 @@ impl Composite {
             let name = attribute.name().to_string();
             if attribute.is_dropped() {
                 columns.push(Column {
-                    lower: String::new(),
-                    name,
+                    key: ColumnKey::new(name),
                     path: None,
                     converter: None,
                 });
@@ -277,8 +276,7 @@ impl Composite {
                 .map(|i| mapped.remove(i).1);
             let converter = Converter::new(attribute.type_oid().value(), attribute.type_mod())?;
             columns.push(Column {
-                lower: name.to_lowercase(),
-                name,
+                key: ColumnKey::new(name),
                 path,
                 converter: Some(converter),
             });
@@ -330,19 +328,13 @@ impl Composite {
             let picked = match &column.path {
                 Some(path) => path.pick(row),
                 None => object
-                    .and_then(|o| {
-                        o.get(&column.name).or_else(|| {
-                            o.iter()
-                                .find(|(key, _)| key.to_lowercase() == column.lower)
-                                .map(|(_, v)| v)
-                        })
-                    })
+                    .and_then(|o| column.key.pick(o))
                     .map(crate::extract::Picked::One),
             };
             let converted = match &picked {
                 Some(value) => converter.convert(value.value()).map_err(|failure| {
                     failure.at(
-                        format!("api_fetch row {number}, column \"{}\"", column.name),
+                        format!("api_fetch row {number}, column \"{}\"", column.key.name),
                         value.value(),
                         converter.typoid,
                     )

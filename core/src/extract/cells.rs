@@ -14,7 +14,7 @@ use serde::de::{
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::extract::RowPath;
+use crate::extract::{ColumnKey, RowPath};
 use crate::spec::paging::{Paging, PagingKind};
 
 /// What a column of the row type wants of its key's value.
@@ -34,7 +34,7 @@ pub enum Want {
 /// key equal to it ignoring case.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    columns: Vec<(String, String, Want)>,
+    columns: Vec<(ColumnKey, Want)>,
 }
 
 impl Layout {
@@ -42,35 +42,32 @@ impl Layout {
         Layout {
             columns: columns
                 .into_iter()
-                .map(|(name, want)| {
-                    let lower = name.to_lowercase();
-                    (name, lower, want)
-                })
+                .map(|(name, want)| (ColumnKey::new(name), want))
                 .collect(),
         }
     }
 
     /// Two columns equal ignoring case: which one a key fills needs the general rule.
     fn ambiguous(&self) -> bool {
-        let mut lower: Vec<&str> = self.columns.iter().map(|(_, l, _)| l.as_str()).collect();
-        lower.sort_unstable();
-        lower.windows(2).any(|pair| pair[0] == pair[1])
+        self.columns
+            .iter()
+            .enumerate()
+            .any(|(i, (a, _))| self.columns[i + 1..].iter().any(|(b, _)| a.clashes(b)))
     }
 
-    /// The column `key` fills, and whether by its exact name.
+    /// The column `key` fills, and whether by its exact name (`ColumnKey`'s rule).
     fn find(&self, key: &str) -> Option<(usize, bool)> {
         let taken = |want: &Want| *want != Want::Skip;
         if let Some(i) = self
             .columns
             .iter()
-            .position(|(name, _, want)| taken(want) && name == key)
+            .position(|(column, want)| taken(want) && column.exact(key))
         {
             return Some((i, true));
         }
-        let lower = key.to_lowercase();
         self.columns
             .iter()
-            .position(|(_, l, want)| taken(want) && *l == lower)
+            .position(|(column, want)| taken(want) && column.folded(key))
             .map(|i| (i, false))
     }
 }
@@ -381,7 +378,7 @@ impl Builder<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let want = &self.plan.layout.columns[i].2;
+            let want = &self.plan.layout.columns[i].1;
             let cell = map.next_value_seed(CellSeed {
                 want,
                 builder: &mut *self,

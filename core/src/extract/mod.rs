@@ -10,6 +10,48 @@ use serde_json_path::JsonPath;
 
 use crate::error::{Error, Result, SqlState};
 
+/// The one rule by which typed rows take object keys: a column takes the key of its exact name,
+/// else the first key equal to its name ignoring case. Both row parsers (JSON values and cells)
+/// follow it through this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnKey {
+    pub name: String,
+    folded: String,
+}
+
+impl ColumnKey {
+    pub fn new(name: impl Into<String>) -> ColumnKey {
+        let name = name.into();
+        let folded = name.to_lowercase();
+        ColumnKey { name, folded }
+    }
+
+    /// `key` is this column's exact name.
+    pub fn exact(&self, key: &str) -> bool {
+        self.name == key
+    }
+
+    /// `key` equals this column's name ignoring case.
+    pub fn folded(&self, key: &str) -> bool {
+        key.to_lowercase() == self.folded
+    }
+
+    /// Whether two columns' names are equal ignoring case (then a key's column is ambiguous).
+    pub fn clashes(&self, other: &ColumnKey) -> bool {
+        self.folded == other.folded
+    }
+
+    /// This column's value in `object`.
+    pub fn pick<'a>(&self, object: &'a serde_json::Map<String, Value>) -> Option<&'a Value> {
+        object.get(&self.name).or_else(|| {
+            object
+                .iter()
+                .find(|(key, _)| self.folded(key))
+                .map(|(_, value)| value)
+        })
+    }
+}
+
 /// A parsed JSONPath, kept with its text for messages.
 #[derive(Debug, Clone)]
 pub struct RowPath {
