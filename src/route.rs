@@ -58,6 +58,9 @@ pub struct RunTally {
     pub rejected: Vec<Rejected>,
     /// The page limit that cut the fetch, if one did.
     pub cut_by_max_pages: Option<u32>,
+    /// The request's credentials, scrubbed from what the run keeps of a rejected row (set by
+    /// `start`).
+    pub secrets: Vec<String>,
 }
 
 impl RunTally {
@@ -84,6 +87,11 @@ impl RunTally {
     pub fn reject(&mut self, rejected: Rejected) -> Result<bool, crate::error::Error> {
         let Some(max) = self.max_rejected else {
             return Ok(false);
+        };
+        let rejected = Rejected {
+            raw: scrub_json(rejected.raw, &self.secrets),
+            error: crate::error::scrub(&rejected.error, &self.secrets),
+            ..rejected
         };
         self.rejected_total += 1;
         if self.rejected_total > max {
@@ -120,6 +128,11 @@ pub fn start(
         crate::roles::require_network_privilege(owner).or_raise();
     }
     let columns = spec.columns.clone();
+    let secrets = spec.request.secrets.clone();
+    let run = run.map(|run| RunTally {
+        secrets: secrets.clone(),
+        ..run
+    });
     let maker = RowMaker::new(typoid, columns).or_raise();
     let plan = maker
         .layout()
@@ -135,6 +148,7 @@ pub fn start(
         number: 0,
         run,
         step_pages: None,
+        secrets,
     }
 }
 
@@ -223,6 +237,8 @@ pub struct Fetch {
     pub run: Option<RunTally>,
     /// Pages this fetch may still take before it pauses (a step of a run with commit_every).
     step_pages: Option<u32>,
+    /// The request's credentials: a value the API echoes into a row never shows in an error.
+    secrets: Vec<String>,
 }
 
 impl Drop for Fetch {
@@ -271,6 +287,7 @@ impl Fetch {
                 let Err(error) = filled else {
                     return true;
                 };
+                let error = error.redact(&self.secrets);
                 let Some(run) = self.run.as_mut() else {
                     raise(error)
                 };
@@ -409,4 +426,14 @@ pub unsafe fn lent_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     }
     // SAFETY: as the caller promises; materialize mode was checked above.
     unsafe { materialize(fcinfo, rsinfo, &mut fetch) }
+}
+
+/// `value` with every secret in its text replaced by `***` (a rejected row is kept in the catalog).
+fn scrub_json(value: Value, secrets: &[String]) -> Value {
+    let text = value.to_string();
+    let scrubbed = crate::error::scrub(&text, secrets);
+    if scrubbed == text {
+        return value;
+    }
+    serde_json::from_str(&scrubbed).unwrap_or(Value::String(scrubbed))
 }

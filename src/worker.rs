@@ -1,7 +1,11 @@
-//! The launcher: a background worker started with the server (pg_apisync in
-//! shared_preload_libraries) that decides *when* scheduled jobs run, and starts one run worker per
-//! due run (`jobs::run`), as run_job does. It waits for the extension to exist in
-//! `apisync.database_name`, fails runs that a crash interrupted, and trims the run history.
+//! The launcher and the scheduler, background workers that decide *when* scheduled jobs run.
+//!
+//! The launcher starts with the server (pg_apisync in shared_preload_libraries) and connects to no
+//! database: it looks for `apisync.database_name` and starts the scheduler there, again if it
+//! stops. A missing database is one log line a minute, never a restart loop. The scheduler, one
+//! per database (a lock of its own makes sure), waits for the extension to exist, starts one run
+//! worker per due run (`jobs::run`) as run_job does, fails runs that a crash interrupted, and
+//! trims the run history.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -20,10 +24,14 @@ use crate::jobs::run::{check_owner, start_worker, Trigger};
 use crate::jobs::Schedule;
 use crate::settings;
 
-/// How often the launcher looks at the schedule.
+/// How often the launcher and the scheduler look around.
 const TICK: Duration = Duration::from_secs(1);
 /// How often old runs are deleted.
 const HISTORY_EVERY: Duration = Duration::from_secs(3600);
+/// The least time between two starts of the scheduler.
+const RESTART_EVERY: Duration = Duration::from_secs(5);
+/// How often a missing database is logged.
+const MISSING_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Registers the launcher; only while shared_preload_libraries loads us (the postmaster).
 pub fn register() {
@@ -41,6 +49,98 @@ pub fn register() {
         .load();
 }
 
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: the launcher reads only pg_database, so a dropped database cannot stop it.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut scheduler: Option<(DynamicBackgroundWorker, pg_sys::Oid)> = None;
+    let mut started: Option<Instant> = None;
+    let mut missing_logged: Option<(String, Instant)> = None;
+    while BackgroundWorker::wait_latch(Some(TICK)) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: what a worker does on SIGHUP, on its own thread.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let name = settings::database_name();
+        let database = database_oid(&name);
+        if scheduler.as_ref().is_some_and(|(worker, oid)| {
+            matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)) || Some(*oid) != database
+        }) {
+            scheduler = None;
+        }
+        let Some(database) = database else {
+            let due = missing_logged
+                .as_ref()
+                .is_none_or(|(logged, at)| *logged != name || at.elapsed() >= MISSING_LOG_EVERY);
+            if due {
+                log!("apisync launcher: database \"{name}\" (apisync.database_name) does not exist; waiting for it");
+                missing_logged = Some((name, Instant::now()));
+            }
+            continue;
+        };
+        missing_logged = None;
+        if scheduler.is_some() || started.is_some_and(|at| at.elapsed() < RESTART_EVERY) {
+            continue;
+        }
+        started = Some(Instant::now());
+        let worker = BackgroundWorkerBuilder::new("apisync scheduler")
+            .set_type("apisync scheduler")
+            .set_library("pg_apisync")
+            .set_function("apisync_scheduler_main")
+            .enable_spi_access()
+            .set_extra(&database.to_u32().to_string())
+            .set_restart_time(None)
+            .load_dynamic();
+        match worker {
+            Ok(worker) => scheduler = Some((worker, database)),
+            Err(_) => {
+                warning!("apisync launcher: could not start the scheduler (max_worker_processes)")
+            }
+        }
+    }
+    log!("apisync launcher stopped");
+    // Exit code 1: the postmaster starts the launcher again (code 0 would unregister it). At
+    // shutdown nothing is restarted anyway.
+    // SAFETY: the worker's own exit, outside any transaction.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// The OID of database `name`, if it exists: a heap scan of the shared pg_database, as the
+/// autovacuum launcher reads it (a process with no database cannot use its index).
+fn database_oid(name: &str) -> Option<pg_sys::Oid> {
+    BackgroundWorker::transaction(|| {
+        // SAFETY: a catalog scan in a transaction of the launcher, closed as it was opened; the
+        // tuples are pg_database's, read while the scan holds them.
+        unsafe {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let relation = pg_sys::table_open(
+                pg_sys::DatabaseRelationId,
+                pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+            );
+            let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
+            let mut found = None;
+            loop {
+                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tuple.is_null() {
+                    break;
+                }
+                let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+                let datname = std::ffi::CStr::from_ptr((*database).datname.data.as_ptr());
+                if datname.to_bytes() == name.as_bytes() {
+                    found = Some((*database).oid);
+                    break;
+                }
+            }
+            pg_sys::table_endscan(scan);
+            pg_sys::table_close(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            pg_sys::PopActiveSnapshot();
+            found
+        }
+    })
+}
+
 struct ScheduledJob {
     schedule_text: String,
     schedule: Schedule,
@@ -56,13 +156,24 @@ struct Launcher {
     warned: HashMap<i64, String>,
 }
 
+/// The scheduler of one database (its OID in `bgw_extra`).
 #[pg_guard]
 #[no_mangle]
-pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn apisync_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = settings::database_name();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    log!("apisync launcher started in database \"{database}\"");
+    let database = BackgroundWorker::get_extra()
+        .parse::<u32>()
+        .map(pg_sys::Oid::from)
+        .unwrap_or_else(|_| error!("apisync scheduler: malformed database OID"));
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // One scheduler per database: a scheduler started while an earlier one still runs (the
+    // launcher was restarted) waits for it to end.
+    while !BackgroundWorker::transaction(catalog::try_lock_scheduler) {
+        if !BackgroundWorker::wait_latch(Some(TICK)) {
+            return;
+        }
+    }
+    log!("apisync scheduler started");
     let mut launcher = Launcher {
         jobs: HashMap::new(),
         workers: Vec::new(),
@@ -74,7 +185,7 @@ pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
             // SAFETY: what a worker does on SIGHUP, on its own thread.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        // An error in one round (the extension dropped under it, say) must not end the launcher.
+        // An error in one round (the extension dropped under it, say) must not end the scheduler.
         let failed = PgTryBuilder::new(AssertUnwindSafe(|| {
             launcher.round();
             None
@@ -85,16 +196,12 @@ pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
             // SAFETY: leaves the failed transaction, as a worker's error recovery does.
             unsafe { pg_sys::AbortOutOfAnyTransaction() };
             warning!(
-                "apisync launcher: {}",
+                "apisync scheduler: {}",
                 error.lines().next().unwrap_or_default()
             );
         }
     }
-    log!("apisync launcher stopped");
-    // Exit code 1: the postmaster starts the launcher again (code 0 would unregister it). At
-    // shutdown nothing is restarted anyway.
-    // SAFETY: the worker's own exit, outside any transaction.
-    unsafe { pg_sys::proc_exit(1) };
+    log!("apisync scheduler stopped");
 }
 
 impl Launcher {

@@ -100,9 +100,6 @@ pub struct JobOptions {
     pub incremental: Option<Incremental>,
 }
 
-/// Options only a job takes; the rest are `api_fetch`'s.
-const JOB_OPTIONS: [&str; 3] = ["commit_every", "incremental", "max_rejected"];
-
 impl JobSpec {
     pub fn parse(args: JobArgs) -> Result<JobSpec> {
         let write = WriteMethod::parse(&args.write_method)?;
@@ -141,7 +138,8 @@ impl JobSpec {
     }
 }
 
-/// Splits a job's options into `api_fetch`'s and the job's own, checking the job's own.
+/// Splits a job's options into the job's own (commit_every, incremental, max_rejected), checked
+/// here, and the rest, which are `api_fetch`'s.
 fn split_options(options: &Value) -> Result<(Value, JobOptions)> {
     let Value::Object(all) = options else {
         return Err(Error::invalid("options must be a JSON object"));
@@ -173,7 +171,6 @@ fn split_options(options: &Value) -> Result<(Value, JobOptions)> {
             }
         }
     }
-    debug_assert!(JOB_OPTIONS.iter().all(|k| !fetch.contains_key(*k)));
     Ok((Value::Object(fetch), job))
 }
 
@@ -364,10 +361,6 @@ impl Schedule {
             Schedule::Cron(cron) => cron.find_next_occurrence(&after, false).ok(),
         }
     }
-}
-
-pub fn check_schedule(schedule: Option<&str>) -> Result<()> {
-    schedule.map(Schedule::parse).transpose().map(|_| ())
 }
 
 #[cfg(test)]

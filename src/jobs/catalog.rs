@@ -5,7 +5,7 @@
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::JsonB;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::JobArgs;
 use crate::error::{Error, Result, SqlState};
@@ -208,7 +208,16 @@ fn lock_tag(job_id: i64) -> pg_sys::LOCKTAG {
 
 /// Takes the run lock of `job_id` for this session; `false` when another run holds it.
 pub fn try_lock_run(job_id: i64) -> bool {
-    let tag = lock_tag(job_id);
+    try_lock(lock_tag(job_id))
+}
+
+/// The scheduler's lock of this database: one scheduler per database. A job id is never below 1,
+/// so key 0 stands for no job.
+pub fn try_lock_scheduler() -> bool {
+    try_lock(lock_tag(0))
+}
+
+fn try_lock(tag: pg_sys::LOCKTAG) -> bool {
     // SAFETY: a session-level advisory lock, as pg_try_advisory_lock takes it.
     let result = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, true, true) };
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
@@ -371,9 +380,4 @@ pub fn trim_history(days: i32) {
              WHERE NOT EXISTS (SELECT 1 FROM apisync.job_runs r WHERE r.run_id OPERATOR(pg_catalog.=) j.run_id)",
         )
     });
-}
-
-/// A JSON null stands for SQL NULL in the run's stored values.
-pub fn non_null(value: Value) -> Option<Value> {
-    (!value.is_null()).then_some(value)
 }

@@ -332,21 +332,25 @@ fn run(
         *slot.borrow_mut() = Some(fetch.clone());
         (checked, fetch)
     };
-    let Some(every) = job_commit_every(job) else {
-        transaction(|| {
-            as_role(owner, || {
-                let (checked, fetch) = first();
-                let mut written = write(&checked, &fetch);
-                let cut_by = cut_by(&checked, &fetch);
-                written.rejected = save_rejects(run_id, owner, &fetch);
-                let stats = stats_of(&Some(fetch));
-                let outcome = Outcome::Succeeded { cut_by };
-                catalog::record(run_id, &stats, &written, outcome).or_raise();
-            })
-        });
+    // Without commit_every, the one transaction also writes everything and records the success.
+    let stepped = transaction(|| {
+        as_role(owner, || {
+            let (checked, fetch) = first();
+            if let Some(every) = checked.spec.options.commit_every {
+                return Some((checked, fetch, every));
+            }
+            let mut written = write(&checked, &fetch);
+            let cut_by = cut_by(&checked, &fetch);
+            written.rejected = save_rejects(run_id, owner, &fetch);
+            let stats = stats_of(&Some(fetch));
+            let outcome = Outcome::Succeeded { cut_by };
+            catalog::record(run_id, &stats, &written, outcome).or_raise();
+            None
+        })
+    });
+    let Some((checked, fetch, every)) = stepped else {
         return;
     };
-    let (checked, fetch) = transaction(|| as_role(owner, first));
     loop {
         fetch.borrow_mut().allow_pages(every);
         let finished = transaction(|| {
@@ -372,12 +376,6 @@ fn run(
             return;
         }
     }
-}
-
-fn job_commit_every(job: &JobRow) -> Option<u32> {
-    super::JobSpec::parse(job.args.clone())
-        .ok()
-        .and_then(|spec| spec.options.commit_every)
 }
 
 /// What cut the fetch, for the run row; a cut `replace` or `mirror` fails instead (its

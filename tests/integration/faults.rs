@@ -110,15 +110,15 @@ fn drop_extension_and_drop_database_under_running_workers() {
         "SELECT count(*) > 0 FROM apisync.job_runs WHERE status = 'succeeded'",
         15
     ));
-    let launcher = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apisync launcher'";
-    let before: i32 = admin.query_one(launcher, &[]).unwrap().get(0);
+    let scheduler = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apisync scheduler'";
+    let before: i32 = admin.query_one(scheduler, &[]).unwrap().get(0);
     admin
         .batch_execute("DROP EXTENSION pg_apisync CASCADE")
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     // The same process: it went on, rather than dying and being started again.
-    let after: i32 = admin.query_one(launcher, &[]).unwrap().get(0);
-    assert_eq!(before, after, "the launcher survived DROP EXTENSION");
+    let after: i32 = admin.query_one(scheduler, &[]).unwrap().get(0);
+    assert_eq!(before, after, "the scheduler survived DROP EXTENSION");
     admin
         .batch_execute(&format!(
             "CREATE EXTENSION pg_apisync;
@@ -174,4 +174,58 @@ fn drop_extension_and_drop_database_under_running_workers() {
         "no process crashed:\n{}",
         cluster.log()
     );
+}
+
+#[test]
+fn a_missing_database_is_waited_for_not_restarted_for() {
+    let cluster = private_cluster();
+    cluster
+        .connect()
+        .batch_execute("ALTER SYSTEM SET apisync.database_name = 'nowhere'")
+        .unwrap();
+    cluster.restart();
+    let mut admin = cluster.connect();
+    let launcher = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apisync launcher'";
+    assert!(wait_for(
+        &mut admin,
+        &format!("SELECT EXISTS ({launcher})"),
+        10
+    ));
+    let before: i32 = admin.query_one(launcher, &[]).unwrap().get(0);
+    std::thread::sleep(Duration::from_secs(7));
+    let after: i32 = admin.query_one(launcher, &[]).unwrap().get(0);
+    assert_eq!(before, after, "the launcher waits; it is not restarted");
+    let said = cluster
+        .log()
+        .matches("database \"nowhere\" (apisync.database_name) does not exist")
+        .count();
+    assert_eq!(said, 1, "one line a minute:\n{}", cluster.log());
+
+    // The database appears: its scheduler starts and runs its jobs.
+    admin.batch_execute("CREATE DATABASE nowhere").unwrap();
+    let config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=nowhere",
+        cluster.port
+    );
+    let mut nowhere = postgres::Client::connect(&config, postgres::NoTls).unwrap();
+    nowhere
+        .batch_execute(&format!(
+            "CREATE EXTENSION pg_apisync;
+             CREATE TABLE ticks (id bigint PRIMARY KEY, name text);
+             SELECT apisync.create_job('ticks', 'ticks', {}, 'POST', '{{}}', '$.data',
+                 write_method => 'upsert', schedule => '1 seconds')",
+            lit(&api().url("/api/users"))
+        ))
+        .unwrap();
+    assert!(
+        wait_for(
+            &mut nowhere,
+            "SELECT count(*) > 0 FROM apisync.job_runs WHERE status = 'succeeded'",
+            20
+        ),
+        "the scheduler runs the jobs of the database once it exists"
+    );
+    nowhere
+        .batch_execute("SELECT apisync.alter_job('ticks', enabled => false)")
+        .unwrap();
 }

@@ -16,11 +16,12 @@ fn eventually(client: &mut harness::Client, sql: &str, at_least: i64, seconds: u
     }
 }
 
-fn launcher_pid(client: &mut harness::Client) -> Option<i32> {
+/// The pid of the background worker of `backend_type` ("apisync launcher", "apisync scheduler").
+fn worker_pid(client: &mut harness::Client, backend_type: &str) -> Option<i32> {
     client
         .query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apisync launcher'",
-            &[],
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1",
+            &[&backend_type],
         )
         .unwrap()
         .map(|row| row.get(0))
@@ -45,26 +46,30 @@ fn the_launcher_runs_scheduled_jobs_and_comes_back_when_killed() {
     );
     assert_eq!(count(&mut client, "SELECT count(*) FROM sched"), 57);
 
+    // The launcher starts the scheduler again when it is killed, and the postmaster the
+    // launcher; either way the schedule goes on.
     let mut admin = connect();
-    let before = launcher_pid(&mut admin).expect("the launcher runs");
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&before])
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut after = None;
-    while Instant::now() < deadline {
-        after = launcher_pid(&mut admin).filter(|pid| *pid != before);
-        if after.is_some() {
-            break;
+    for killed in ["apisync scheduler", "apisync launcher"] {
+        let before = worker_pid(&mut admin, killed).expect("the worker runs");
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&before])
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut after = None;
+        while Instant::now() < deadline {
+            after = worker_pid(&mut admin, killed).filter(|pid| *pid != before);
+            if after.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(after.is_some(), "{killed} was started again");
+        let runs = count(&mut client, scheduled);
+        assert!(
+            eventually(&mut client, scheduled, runs + 2, 20) >= runs + 2,
+            "the schedule resumed after {killed} was killed"
+        );
     }
-    assert!(after.is_some(), "the postmaster restarted the launcher");
-    let runs = count(&mut client, scheduled);
-    assert!(
-        eventually(&mut client, scheduled, runs + 2, 20) >= runs + 2,
-        "the schedule resumed"
-    );
     client
         .batch_execute("SELECT apisync.alter_job('sched', enabled => false)")
         .unwrap();

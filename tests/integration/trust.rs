@@ -475,3 +475,53 @@ fn a_dropped_owners_jobs_never_run() {
     su.batch_execute("SELECT apisync.drop_job('orphan')")
         .unwrap();
 }
+
+#[test]
+fn every_body_has_a_limit_and_no_secret_shows() {
+    network_role("trust_limits");
+    let mut client = connect_as("trust_limits");
+    // The OAuth2 token response obeys max_response_bytes, as every body does.
+    let (code, message, _) = sql_error(client.batch_execute(&format!(
+        "SELECT * FROM api_fetch({}, options => '{{\"max_response_bytes\": 1000, \"auth\": {{\"type\": \"oauth2_client_credentials\", \"token_url\": {}, \"client_id\": \"c\", \"client_secret\": \"s\"}}}}')",
+        lit(&api().url("/t-never-limits/echo")),
+        serde_json_string(&api().url("/big?bytes=100000")),
+    )));
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.contains("OAuth2 token response"), "{message}");
+    assert_eq!(api().requests_to("/t-never-limits/echo"), 0);
+
+    // So does the request body: one body, shared by every request of the fetch.
+    let big = "x".repeat(2000);
+    let (code, message, _) = sql_error(client.batch_execute(&format!(
+        "SELECT * FROM api_fetch({}, 'POST', '{{\"pad\": \"{big}\"}}', options => '{{\"max_response_bytes\": 1000}}')",
+        lit(&api().url("/t-never-limits/echo")),
+    )));
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.contains("request body"), "{message}");
+
+    // An API that echoes the credential into a row that does not convert: the error says ***.
+    client
+        .execute(
+            "SELECT apisync.create_secret('echoed', $1)",
+            &[&"echo-secret-42"],
+        )
+        .unwrap();
+    client
+        .batch_execute("CREATE TABLE echo_t (headers int)")
+        .unwrap();
+    let (code, message, detail) = sql_error(client.batch_execute(&format!(
+        "SELECT * FROM api_fetch({}, options => '{{\"auth\": {{\"type\": \"bearer\", \"secret\": \"echoed\"}}}}', row_type => NULL::echo_t)",
+        lit(&api().url("/echo")),
+    )));
+    assert_eq!(code, "22P02", "{message}");
+    assert!(
+        !message.contains("echo-secret-42") && !detail.contains("echo-secret-42"),
+        "{message} / {detail}"
+    );
+    assert!(message.contains("***"), "{message}");
+}
+
+/// `text` as a JSON string literal, for building options.
+fn serde_json_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}

@@ -284,6 +284,7 @@ pub fn parse(body: Vec<u8>, plan: &Plan) -> Result<(Value, Compact), Vec<u8>> {
         keys: Vec::new(),
         filled: vec![Filled::No; plan.layout.columns.len()],
         unfit: false,
+        cell_budget: cell_budget(body.len()),
     };
     let mut de = serde_json::Deserializer::from_slice(&body);
     let doc = DocSeed {
@@ -312,6 +313,16 @@ struct Builder<'p> {
     filled: Vec<Filled>,
     /// The page does not fit the plan: parse it the general way.
     unfit: bool,
+    /// The most cells this page may take (`cell_budget`).
+    cell_budget: usize,
+}
+
+/// Cells are a row type's width per row, whatever the row holds: a wide row type over small rows
+/// (1,600 columns, `{}` rows) would take thousands of times the page's size. Past 16 times the
+/// body (and a floor for small pages), the page takes the general parser, whose memory follows
+/// the body.
+fn cell_budget(body_len: usize) -> usize {
+    (body_len * 16 / std::mem::size_of::<Cell>()).max(1 << 16)
 }
 
 impl Builder<'_> {
@@ -351,6 +362,12 @@ impl Builder<'_> {
 
     /// Fills the cells of a row from its keys, or leaves the row to the general parser.
     fn fill_row<'de, A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        if self.page.cells.len() + self.page.width > self.cell_budget {
+            self.unfit = true;
+            return Err(serde::de::Error::custom(
+                "the row type is too wide for this page's cells",
+            ));
+        }
         let first = self.start_row();
         let mut taken = true;
         let mut position = 0;
@@ -822,6 +839,21 @@ mod tests {
         assert_eq!(second[2], Cell::Null);
         assert_eq!(page.value(&second[3]), json!("{y}"));
         assert_eq!(page.row_value(1)["NAME"].to_string(), "1.50");
+    }
+
+    #[test]
+    fn a_wide_row_type_over_small_rows_goes_the_general_way() {
+        let layout = Layout::new((0..1600).map(|i| (format!("c{i}"), Want::Scalar)));
+        let plan = Plan::new(layout, &RowPath::parse("$.data").unwrap(), None).unwrap();
+        let rows = vec!["{}"; 10_000].join(",");
+        let body = format!("{{\"data\": [{rows}]}}").into_bytes();
+        let len = body.len();
+        let back = parse(body, &plan).expect_err("16M cells for a 30 kB page");
+        assert_eq!(
+            back.len(),
+            len,
+            "the body comes back whole for the general parser"
+        );
     }
 
     #[test]

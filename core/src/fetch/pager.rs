@@ -1,6 +1,7 @@
 //! The paging strategies: which request comes next, and when to stop (DESIGN.md §2.4).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, LINK};
 use serde_json::Value;
@@ -57,11 +58,11 @@ impl<'a> Pager<'a> {
                 &mut request,
                 self.paging.place,
                 param,
-                Value::from(start + index as i64),
+                Value::from(start.saturating_add(index.min(i64::MAX as u64) as i64)),
             ),
             PagingKind::Offset { param } => {
                 let offset = match self.paging.page_size {
-                    Some(size) => index * size,
+                    Some(size) => index.saturating_mul(size),
                     None => self.rows_so_far,
                 };
                 set_param(&mut request, self.paging.place, param, Value::from(offset))
@@ -115,7 +116,7 @@ impl<'a> Pager<'a> {
         facts: PageFacts,
         current: &RequestSpec,
     ) -> Step {
-        self.rows_so_far += rows as u64;
+        self.rows_so_far = self.rows_so_far.saturating_add(rows as u64);
         if rows == 0 {
             return Step::Stop("empty page");
         }
@@ -184,9 +185,10 @@ fn set_param(request: &mut RequestSpec, place: ParamPlace, name: &str, value: Va
                     value,
                     content_type,
                 } => (value, content_type),
-                _ => (Value::Null, "application/json".to_string()),
+                _ => (Arc::new(Value::Null), "application/json".to_string()),
             };
-            set_dotted(&mut value_doc, name, value);
+            // The page's own copy, with its parameter; the base body stays shared.
+            set_dotted(Arc::make_mut(&mut value_doc), name, value);
             request.body = Body::Json {
                 value: value_doc,
                 content_type,
@@ -294,7 +296,7 @@ mod tests {
             panic!("a JSON body")
         };
         assert_eq!(
-            value,
+            &**value,
             &json!({"params": [{"name": "name", "value": ""}], "paging": {"pageSize": 2, "pageNum": 2}})
         );
     }

@@ -90,13 +90,14 @@ impl Credentials {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     None,
-    /// Kept as JSON so that paging can set parameters inside it.
+    /// Kept as JSON so that paging can set parameters inside it; shared by every request that
+    /// sends it unchanged (a page copies it only to set its own parameter).
     Json {
-        value: Value,
+        value: Arc<Value>,
         content_type: String,
     },
     Bytes {
-        content: Vec<u8>,
+        content: bytes::Bytes,
         content_type: String,
     },
 }
@@ -364,6 +365,16 @@ fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, 
             .map_err(|_| Error::invalid("apisync.user_agent is not a valid header value"))?;
         headers.insert(reqwest::header::USER_AGENT, agent);
     }
+    // Every request of a fetch shares the body, so it is held once; still, it has the size limit
+    // of a response.
+    if body.len() as u64 > max_response_bytes {
+        return Err(Error::new(
+            SqlState::ProgramLimitExceeded,
+            format!(
+                "the request body is larger than the limit of {max_response_bytes} bytes (options.max_response_bytes)"
+            ),
+        ));
+    }
     let retry = parse_retry(&options)?;
     let spec = RequestSpec {
         method,
@@ -558,19 +569,19 @@ fn parse_body(body: Option<Value>, options: &Options) -> Result<Body> {
             }
         }
         return Ok(Body::Bytes {
-            content: encoder.finish().into_bytes(),
+            content: encoder.finish().into_bytes().into(),
             content_type: "application/x-www-form-urlencoded".into(),
         });
     }
     if let Some(text) = &options.body_text {
         return Ok(Body::Bytes {
-            content: text.clone().into_bytes(),
+            content: text.clone().into_bytes().into(),
             content_type: content_type.unwrap_or_else(|| "text/plain; charset=utf-8".into()),
         });
     }
     match body {
         Some(json) => Ok(Body::Json {
-            value: json,
+            value: Arc::new(json),
             content_type: content_type.unwrap_or_else(|| "application/json".into()),
         }),
         None if content_type.is_some() => Err(Error::invalid(
@@ -591,12 +602,18 @@ impl Body {
     }
 
     /// The bytes to send.
-    pub fn content(&self) -> Option<Vec<u8>> {
+    /// The bytes to send: JSON serialised for this request, other bodies shared.
+    pub fn content(&self) -> Option<bytes::Bytes> {
         match self {
             Body::None => None,
-            Body::Json { value, .. } => Some(value.to_string().into_bytes()),
+            Body::Json { value, .. } => Some(value.to_string().into_bytes().into()),
             Body::Bytes { content, .. } => Some(content.clone()),
         }
+    }
+
+    /// The size of the body as sent.
+    fn len(&self) -> usize {
+        self.content().map_or(0, |c| c.len())
     }
 }
 
@@ -999,7 +1016,7 @@ mod tests {
         assert_eq!(
             spec.body,
             Body::Bytes {
-                content: b"q=a%26b".to_vec(),
+                content: bytes::Bytes::from_static(b"q=a%26b"),
                 content_type: "application/x-www-form-urlencoded".into()
             }
         );
@@ -1028,7 +1045,7 @@ mod tests {
         assert_eq!(
             spec.body,
             Body::Bytes {
-                content: b"<a/>".to_vec(),
+                content: bytes::Bytes::from_static(b"<a/>"),
                 content_type: "text/xml".into()
             }
         );

@@ -164,10 +164,7 @@ impl Paging {
         if self.place == ParamPlace::Body {
             match &request.body {
                 Body::None => {}
-                Body::Json {
-                    value: Value::Object(_),
-                    ..
-                } => {}
+                Body::Json { value, .. } if value.is_object() => {}
                 _ => {
                     return Err(Error::invalid(
                         "paging \"in\": \"body\" needs a JSON object body",
