@@ -229,3 +229,34 @@ fn a_missing_database_is_waited_for_not_restarted_for() {
         .batch_execute("SELECT apisync.alter_job('ticks', enabled => false)")
         .unwrap();
 }
+
+#[test]
+fn a_request_notices_the_postmaster_dying() {
+    let cluster = private_cluster();
+    let postmaster: i32 = std::fs::read_to_string(cluster.dir.join("postmaster.pid"))
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .expect("the postmaster's pid");
+    let mut client = cluster.connect();
+    let slow = lit(&api().url("/slow?ms=20000"));
+    let waiting = std::thread::spawn(move || {
+        let started = Instant::now();
+        let failed = client
+            .batch_execute(&format!(
+                "SELECT * FROM api_fetch({slow}, options => '{{\"timeout_ms\": 30000}}')"
+            ))
+            .is_err();
+        (failed, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: a signal to the cluster's own postmaster, which this test started.
+    unsafe { libc::kill(postmaster, libc::SIGKILL) };
+    let (failed, elapsed) = waiting.join().unwrap();
+    assert!(failed, "the request ended with an error");
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "the wait noticed the postmaster's death, not the 20 s answer: {elapsed:?}"
+    );
+}

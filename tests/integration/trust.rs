@@ -97,6 +97,18 @@ fn the_network_is_reached_only_with_execute_on_api_fetch() {
         plain.batch_execute("ROLLBACK").unwrap();
     }
 
+    // BYPASSRLS changes nothing: the catalog is written by the extension's functions only.
+    connect()
+        .batch_execute("DROP ROLE IF EXISTS trust_bypass; CREATE ROLE trust_bypass LOGIN BYPASSRLS")
+        .unwrap();
+    let mut bypass = connect_as("trust_bypass");
+    let (code, message, _) = sql_error(bypass.batch_execute(&format!(
+        "INSERT INTO apisync.jobs (name, owner, target, url) VALUES ('x', 'api_user', 'trust_plain', {url})"
+    )));
+    assert_eq!(code, "42501", "{message}");
+    let (code, message, _) = sql_error(bypass.batch_execute("SELECT value FROM apisync.secrets"));
+    assert_eq!(code, "42501", "{message}");
+
     // A job whose owner loses EXECUTE makes no request: its run fails with 42501.
     network_role("trust_revoked");
     let mut owner = connect_as("trust_revoked");

@@ -398,4 +398,20 @@ mod tests {
         );
         assert_eq!(next_link(&headers, "https://x/"), None);
     }
+
+    #[test]
+    fn pages_share_the_request_body_unless_they_set_a_parameter_in_it() {
+        let query = paging(
+            json!({"type": "page_number", "page_param": "page", "size_param": "size", "page_size": 2}),
+        );
+        let base = base(Some(json!({"filter": "x".repeat(100)})));
+        let pager = Pager::new(&query, &base);
+        let (first, second) = (pager.request_at(0), pager.request_at(1));
+        let (Body::Json { value: a, .. }, Body::Json { value: b, .. }) =
+            (&first.body, &second.body)
+        else {
+            panic!("JSON bodies")
+        };
+        assert!(Arc::ptr_eq(a, b), "one body, shared by every page");
+    }
 }
