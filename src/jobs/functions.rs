@@ -301,6 +301,11 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
             ),
             _ => {}
         }
+        if let Some(cut_by) = text("cut_by") {
+            warning!(
+                "apisync job \"{name}\" (run {run_id}) wrote what it fetched, but {cut_by} cut the fetch while the API had more"
+            );
+        }
         row
     }
 

@@ -227,11 +227,14 @@ fn a_cut_fetch_never_deletes_data() {
     assert_eq!(code, "54000", "{message}");
     assert!(message.contains("max_pages"), "{message}");
     assert_eq!(count(&mut client, "SELECT count(*) FROM cut_t"), 1);
-    // append writes what it got and says what cut it.
+    // append writes what it got and says what cut it, in the run row and a WARNING.
     client
         .batch_execute("SELECT apisync.alter_job('cut_replace', write_method => 'append')")
         .unwrap();
-    assert_eq!(run_status(&mut client, "cut_replace").unwrap(), "succeeded");
+    let (mut warned, notices) = harness::cluster().connect_collecting("trust_cut");
+    assert_eq!(run_status(&mut warned, "cut_replace").unwrap(), "succeeded");
+    let notices = notices.lock().unwrap().join("\n");
+    assert!(notices.contains("max_pages cut the fetch"), "{notices}");
     let cut: String = client
         .query_one(
             "SELECT cut_by FROM apisync.job_runs WHERE job_name = 'cut_replace' AND status = 'succeeded'",
