@@ -106,20 +106,3 @@ SELECT pg_catalog.pg_extension_config_dump('apisync.secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.job_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.rejected_rows', '');
-
--- The progress lines of run workers ("apisync run N: P pages, R rows, B bytes so far"). Run
--- workers connect as the bootstrap superuser, whose pg_stat_activity rows other roles cannot read:
--- this function reads them as the catalog's owner, and reveals nothing but those counters.
-CREATE FUNCTION apisync._run_progress(OUT pid int, OUT progress text) RETURNS SETOF record
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT a.pid, a.query FROM pg_catalog.pg_stat_activity a
-    WHERE a.backend_type OPERATOR(pg_catalog.=) 'apisync run'
-$$;
-
--- Runs in flight, with the progress their worker reports; each role sees its own runs.
-CREATE VIEW apisync.job_progress WITH (security_invoker = true) AS
-    SELECT r.run_id, r.job_name, r.started_at, a.progress
-    FROM apisync.job_runs r
-    LEFT JOIN apisync._run_progress() a ON a.pid OPERATOR(pg_catalog.=) r.pid
-    WHERE r.status OPERATOR(pg_catalog.=) 'running';
-GRANT SELECT ON apisync.job_progress TO PUBLIC;

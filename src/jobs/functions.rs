@@ -309,6 +309,48 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         row
     }
 
+    /// The progress lines ("apisync run N: P pages, R rows, B bytes so far") of the running runs
+    /// the caller may see (row-level security on job_runs). Run workers connect as the bootstrap
+    /// superuser, whose pg_stat_activity rows other roles cannot read, so the lines are read from
+    /// the backends' status directly, for those workers only.
+    #[pg_extern(volatile, name = "_run_progress")]
+    #[search_path(pg_catalog, pg_temp)]
+    fn run_progress() -> TableIterator<'static, (name!(pid, i32), name!(progress, String))> {
+        let visible = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT pid FROM apisync.job_runs
+                     WHERE status OPERATOR(pg_catalog.=) 'running' AND pid IS NOT NULL",
+                    None,
+                    &[],
+                )?
+                .map(|row| row.get::<i32>(1))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_else(|e| raise(Error::internal(format!("could not read job_runs: {e}"))));
+        let mut lines = Vec::new();
+        // SAFETY: this backend's snapshot of the backends' status, read on the backend thread;
+        // the activity text is clipped into a palloc'd copy before it is read.
+        unsafe {
+            for id in 1..=pg_sys::pgstat_fetch_stat_numbackends() {
+                let entry = pg_sys::pgstat_fetch_stat_local_beentry(id);
+                if entry.is_null() {
+                    continue;
+                }
+                let status = &(*entry).backendStatus;
+                if !visible.contains(&Some(status.st_procpid)) || status.st_activity_raw.is_null() {
+                    continue;
+                }
+                let clipped = pg_sys::pgstat_clip_activity(status.st_activity_raw);
+                let text = std::ffi::CStr::from_ptr(clipped)
+                    .to_string_lossy()
+                    .into_owned();
+                lines.push((status.st_procpid, text));
+            }
+        }
+        TableIterator::new(lines)
+    }
+
     /// The rows of the run this process is running: only a run's own statements read them;
     /// anywhere else it is an error. Executable by PUBLIC because those statements run with the
     /// job owner's rights.
@@ -330,6 +372,20 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         &V1
     }
 }
+
+// Runs in flight, with the progress their worker reports; each role sees its own runs.
+pgrx::extension_sql!(
+    r#"
+CREATE VIEW apisync.job_progress WITH (security_invoker = true) AS
+    SELECT r.run_id, r.job_name, r.started_at, p.progress
+    FROM apisync.job_runs r
+    LEFT JOIN apisync._run_progress() p ON p.pid OPERATOR(pg_catalog.=) r.pid
+    WHERE r.status OPERATOR(pg_catalog.=) 'running';
+GRANT SELECT ON apisync.job_progress TO PUBLIC;
+"#,
+    name = "job_progress",
+    requires = ["bootstrap", run_progress]
+);
 
 pgrx::extension_sql!(
     r#"

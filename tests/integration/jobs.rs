@@ -316,6 +316,16 @@ fn one_run_at_a_time_and_cancel_stops_the_worker() {
         progress.is_some_and(|p| p.contains("pages")),
         "progress is visible"
     );
+    // To its owner only: another role sees neither the run nor its worker's progress line.
+    let mut other = connect_as("other_user");
+    let seen: i64 = other
+        .query_one(
+            "SELECT (SELECT count(*) FROM apisync.job_progress) + (SELECT count(*) FROM apisync._run_progress())",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "another role's progress is not shown");
     let skipped = run(&mut client, "job_slow");
     assert_eq!(skipped.0, "skipped");
     let (code, elapsed) = first.join().unwrap();
