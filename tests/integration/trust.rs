@@ -540,3 +540,21 @@ fn every_body_has_a_limit_and_no_secret_shows() {
 fn serde_json_string(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+#[test]
+fn a_target_dropped_or_swapped_for_a_view_stops_the_job() {
+    network_role("trust_target");
+    let mut client = connect_as("trust_target");
+    job(&mut client, "swapped", "swapped_t", "");
+    client
+        .batch_execute(
+            "DROP TABLE swapped_t;
+             CREATE VIEW swapped_t AS SELECT 1::bigint AS id, 'x'::text AS name",
+        )
+        .unwrap();
+    // The job names its table by OID: the view of the same name is not it.
+    let (code, message, _) = run_status(&mut client, "swapped").unwrap_err();
+    assert_eq!(code, "42704", "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+    assert_eq!(api().requests_to("/t-swapped/api/users"), 0);
+}
