@@ -58,9 +58,6 @@ pub struct RunTally {
     pub rejected: Vec<Rejected>,
     /// The page limit that cut the fetch, if one did.
     pub cut_by_max_pages: Option<u32>,
-    /// The request's credentials, scrubbed from what the run keeps of a rejected row (set by
-    /// `start`).
-    pub secrets: Vec<String>,
 }
 
 impl RunTally {
@@ -84,14 +81,9 @@ impl RunTally {
 
     /// Sets `rejected` aside when the run collects rejects (`Ok(true)`), `Ok(false)` when it does
     /// not; the error once more rows are rejected than allowed.
-    pub fn reject(&mut self, rejected: Rejected) -> Result<bool, crate::error::Error> {
+    fn reject(&mut self, rejected: Rejected) -> Result<bool, crate::error::Error> {
         let Some(max) = self.max_rejected else {
             return Ok(false);
-        };
-        let rejected = Rejected {
-            raw: scrub_json(rejected.raw, &self.secrets),
-            error: crate::error::scrub(&rejected.error, &self.secrets),
-            ..rejected
         };
         self.rejected_total += 1;
         if self.rejected_total > max {
@@ -129,10 +121,6 @@ pub fn start(
     }
     let columns = spec.columns.clone();
     let secrets = spec.request.secrets.clone();
-    let run = run.map(|run| RunTally {
-        secrets: secrets.clone(),
-        ..run
-    });
     let maker = RowMaker::new(typoid, columns).or_raise();
     let plan = maker
         .layout()
@@ -248,6 +236,19 @@ impl Drop for Fetch {
 }
 
 impl Fetch {
+    /// Sets a row aside in the run's tally (see `RunTally::reject`), without the request's
+    /// credentials: the run keeps it in the catalog.
+    pub fn reject(&mut self, rejected: Rejected) -> Result<bool, crate::error::Error> {
+        let Some(run) = self.run.as_mut() else {
+            return Ok(false);
+        };
+        run.reject(Rejected {
+            raw: scrub_json(rejected.raw, &self.secrets),
+            error: crate::error::scrub(&rejected.error, &self.secrets),
+            ..rejected
+        })
+    }
+
     /// The type of the rows.
     pub fn typoid(&self) -> pg_sys::Oid {
         self.maker.typoid()
@@ -288,9 +289,9 @@ impl Fetch {
                     return true;
                 };
                 let error = error.redact(&self.secrets);
-                let Some(run) = self.run.as_mut() else {
+                if self.run.is_none() {
                     raise(error)
-                };
+                }
                 let raw = match &self.page {
                     PageRows::Values(rows) => rows[at].clone(),
                     PageRows::Compact(page) => page.row_value(at),
@@ -301,7 +302,7 @@ impl Fetch {
                     error: error.message.clone(),
                     sqlstate: error.state.code(),
                 };
-                if !run.reject(rejected).or_raise() {
+                if !self.reject(rejected).or_raise() {
                     raise(error)
                 }
                 continue;

@@ -28,7 +28,7 @@ const JOB_COLUMNS: &str =
     headers, paging, options, write_method, key_columns, schedule, enabled";
 
 fn spi_error(e: pgrx::spi::Error) -> Error {
-    Error::internal(format!("could not read the job catalog: {e}"))
+    Error::internal(format!("could not use the job catalog: {e}"))
 }
 
 fn read_jobs(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<JobRow>> {
@@ -81,7 +81,7 @@ pub fn find(name: &str, caller: Oid) -> Result<JobRow> {
         )),
         1 => Ok(visible.into_iter().next().expect("one job")),
         _ => Err(Error::new(
-            SqlState::Raised(SqlState::from_code("42725").packed()),
+            SqlState::from_code("42725"),
             format!(
                 "apisync job name \"{name}\" is ambiguous: roles you are a member of each own one"
             ),
@@ -136,7 +136,7 @@ pub fn insert(job: &JobRow) -> Result<i64> {
     match inserted {
         Ok(Some(id)) => Ok(id),
         Ok(None) | Err(pgrx::spi::Error::InvalidPosition) => Err(Error::new(
-            SqlState::Raised(SqlState::from_code("42710").packed()),
+            SqlState::from_code("42710"),
             format!("apisync job \"{}\" exists already", job.name),
         )),
         Err(e) => Err(spi_error(e)),
@@ -157,13 +157,7 @@ pub fn update(job: &JobRow) -> Result<()> {
             &args,
         )
     })
-    .map_err(|e| match e {
-        pgrx::spi::Error::InvalidPosition => spi_error(e),
-        other => Error::new(
-            SqlState::Raised(SqlState::from_code("42710").packed()),
-            format!("could not change apisync job \"{}\": {other}", job.name),
-        ),
-    })
+    .map_err(spi_error)
 }
 
 pub fn delete(job_id: i64) -> Result<()> {

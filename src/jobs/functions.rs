@@ -8,7 +8,7 @@ use super::target::Target;
 use super::{JobArgs, JobSpec};
 use crate::error::{Error, Result};
 use crate::route::fetch_spec;
-use crate::spec::RequestArgs;
+use crate::spec::{FetchSpec, RequestArgs};
 use crate::sql::rows::RowMaker;
 use crate::sql::secrets;
 
@@ -22,20 +22,21 @@ pub struct Checked {
 /// Checks `args` for a job of `owner` writing `target`, by the same code at create_job, alter_job
 /// and each run: the spec, the owner's network privilege, the target and the owner's rights on
 /// it, the keys, the fetch spec with the owner's secrets, the columns and the incremental cursor.
-pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<Checked> {
+/// Returns the fetch spec too, which a run without an incremental cursor fetches as it is.
+pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<(Checked, FetchSpec)> {
     let spec = JobSpec::parse(args)?;
     crate::roles::require_network_privilege(owner)?;
     let target = Target::inspect(target)?;
     target.check_writer(owner, spec.write)?;
     let keys = target.keys(spec.write, spec.args.key_columns.as_deref())?;
     let fetch = build_fetch_spec(owner, &spec, None);
-    RowMaker::new(target.rowtype, fetch.columns)?;
+    RowMaker::new(target.rowtype, fetch.columns.clone())?;
     if let Some(incremental) = &spec.options.incremental {
         super::run::cursor(incremental, &target.name, true).map_err(|e| {
             Error::invalid(format!("options.incremental does not fit the target: {e}"))
         })?;
     }
-    Ok(Checked { spec, target, keys })
+    Ok((Checked { spec, target, keys }, fetch))
 }
 
 /// The fetch spec of a job for `owner` (whose secrets it uses), with `request` — the URL and body
@@ -44,7 +45,7 @@ pub fn build_fetch_spec(
     owner: Oid,
     spec: &JobSpec,
     request: Option<(String, Option<serde_json::Value>)>,
-) -> crate::spec::FetchSpec {
+) -> FetchSpec {
     let args = &spec.args;
     let (url, body) = request.unwrap_or_else(|| (args.url.clone(), args.body.clone()));
     let options = Some(spec.fetch_options.clone());
@@ -136,7 +137,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
             key_columns,
             schedule: schedule.map(str::to_string),
         };
-        let mut checked = check(owner, target, args).or_raise();
+        let (mut checked, _) = check(owner, target, args).or_raise();
         checked.spec.args.key_columns = checked.keys.take();
         catalog::insert(&JobRow {
             job_id: 0,
@@ -239,7 +240,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'alter_job_wrapper';
         if let Some(target) = target {
             job.target = target;
         }
-        let mut checked = check(job.owner, job.target, job.args.clone()).or_raise();
+        let (mut checked, _) = check(job.owner, job.target, job.args.clone()).or_raise();
         job.args = checked.spec.args;
         job.args.key_columns = checked.keys.take();
         catalog::update(&job).or_raise();

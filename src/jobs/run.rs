@@ -170,7 +170,7 @@ pub fn run_and_wait(job: &JobRow) -> Result<i64> {
     .unwrap_or(false);
     if holds_target {
         return Err(Error::new(
-            SqlState::Raised(SqlState::from_code("55P03").packed()),
+            SqlState::from_code("55P03"),
             format!(
                 "apisync job \"{}\": this transaction holds a lock on the target table, which the run would wait for",
                 job.name
@@ -230,7 +230,7 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
         log!("apisync run {run_id} failed: {message} (SQLSTATE {sqlstate})");
         // SAFETY: leaves the failed transaction, as a worker's error recovery does.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
-        let stats = stats_of(&fetch.borrow());
+        let stats = fetch.borrow().as_ref().map(stats_of).unwrap_or_default();
         let failed = Outcome::Failed {
             message: &message,
             sqlstate: &sqlstate,
@@ -239,14 +239,12 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
     }
 }
 
-fn stats_of(fetch: &Option<Rc<RefCell<Fetch>>>) -> FetchStats {
+/// The counts of a run's fetch (none while a statement still holds it, after a failure in it).
+fn stats_of(fetch: &Rc<RefCell<Fetch>>) -> FetchStats {
     fetch
-        .as_ref()
-        .and_then(|f| {
-            f.try_borrow()
-                .ok()
-                .and_then(|f| f.run.as_ref().map(|r| r.stats))
-        })
+        .try_borrow()
+        .ok()
+        .and_then(|f| f.run.as_ref().map(|r| r.stats))
         .unwrap_or_default()
 }
 
@@ -306,9 +304,12 @@ fn run(
     // The first (or only) transaction: checks, the cursor, the fetch started.
     let first = || {
         check_owner(job).or_raise();
-        let checked = check(owner, job.target, job.args.clone()).or_raise();
-        let request = incremental_request(&checked);
-        let spec = build_fetch_spec(owner, &checked.spec, request);
+        let (checked, checked_spec) = check(owner, job.target, job.args.clone()).or_raise();
+        // An incremental cursor changes the first request; otherwise the checked spec is fetched.
+        let spec = match incremental_request(&checked) {
+            Some(request) => build_fetch_spec(owner, &checked.spec, Some(request)),
+            None => checked_spec,
+        };
         let tally = RunTally {
             run_id,
             max_rejected: (checked.spec.options.max_rejected > 0)
@@ -342,7 +343,7 @@ fn run(
             let mut written = write(&checked, &fetch);
             let cut_by = cut_by(&checked, &fetch);
             written.rejected = save_rejects(run_id, owner, &fetch);
-            let stats = stats_of(&Some(fetch));
+            let stats = stats_of(&fetch);
             let outcome = Outcome::Succeeded { cut_by };
             catalog::record(run_id, &stats, &written, outcome).or_raise();
             None
@@ -367,7 +368,7 @@ fn run(
                 } else {
                     Outcome::Running
                 };
-                let stats = stats_of(&Some(fetch.clone()));
+                let stats = stats_of(&fetch);
                 catalog::record(run_id, &stats, &total, outcome).or_raise();
                 finished
             })
@@ -527,10 +528,7 @@ fn write_rejecting(
                 sqlstate,
             };
             // Raises once the run has set aside more rows than it may.
-            let mut fetch = fetch.borrow_mut();
-            if let Some(run) = fetch.run.as_mut() {
-                run.reject(rejected).or_raise();
-            }
+            fetch.borrow_mut().reject(rejected).or_raise();
             (0, 0)
         }
         Err(_) => {

@@ -673,21 +673,12 @@ fn apply_auth(
             "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
         ))),
     };
-    let sensitive = |text: String| {
-        let mut value = HeaderValue::from_str(&text)
-            .map_err(|_| Error::invalid("options.auth holds a value that is not a valid header"))?;
-        value.set_sensitive(true);
-        Ok::<_, Error>(value)
-    };
     match auth {
         Auth::Bearer { token, secret } => {
             let token = inline("bearer", "token", token, secret)?;
             secrets.push(token.clone());
-            headers.insert(
-                reqwest::header::AUTHORIZATION,
-                sensitive(format!("Bearer {token}"))?,
-            );
-            credentials.headers.push(reqwest::header::AUTHORIZATION);
+            let value = format!("Bearer {token}");
+            credential_header(headers, credentials, reqwest::header::AUTHORIZATION, value)?;
         }
         Auth::Basic {
             username,
@@ -698,11 +689,8 @@ fn apply_auth(
             let encoded = base64_encode(format!("{username}:{password}").as_bytes());
             secrets.push(password);
             secrets.push(encoded.clone());
-            headers.insert(
-                reqwest::header::AUTHORIZATION,
-                sensitive(format!("Basic {encoded}"))?,
-            );
-            credentials.headers.push(reqwest::header::AUTHORIZATION);
+            let value = format!("Basic {encoded}");
+            credential_header(headers, credentials, reqwest::header::AUTHORIZATION, value)?;
         }
         Auth::ApiKey {
             name,
@@ -717,8 +705,7 @@ fn apply_auth(
                     let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                         Error::invalid(format!("invalid header name \"{name}\" in options.auth"))
                     })?;
-                    headers.insert(header.clone(), sensitive(value)?);
-                    credentials.headers.push(header);
+                    credential_header(headers, credentials, header, value)?;
                 }
                 ApiKeyPlace::Query => {
                     credentials.query = Some((name.clone(), value.clone()));
@@ -756,6 +743,21 @@ fn apply_auth(
         }
     }
     Ok(None)
+}
+
+/// Sets a header that carries a credential: marked sensitive, and sent only to its origin.
+fn credential_header(
+    headers: &mut HeaderMap,
+    credentials: &mut Credentials,
+    name: HeaderName,
+    text: String,
+) -> Result<()> {
+    let mut value = HeaderValue::from_str(&text)
+        .map_err(|_| Error::invalid("options.auth holds a value that is not a valid header"))?;
+    value.set_sensitive(true);
+    headers.insert(name.clone(), value);
+    credentials.headers.push(name);
+    Ok(())
 }
 
 pub(crate) fn base64_encode(bytes: &[u8]) -> String {
