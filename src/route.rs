@@ -63,7 +63,7 @@ pub struct RunTally {
 impl RunTally {
     fn count_page(&mut self, page: &Page) {
         let stats = &mut self.stats;
-        stats.pages += 1;
+        stats.pages += u64::from(!page.continues);
         stats.requests += u64::from(page.requests);
         stats.bytes += page.bytes as u64;
         stats.rows += page.rows.len() as u64;
@@ -284,6 +284,7 @@ impl Fetch {
                 let filled = match &self.page {
                     PageRows::Values(rows) => self.maker.fill(self.number, &rows[at]),
                     PageRows::Compact(page) => self.maker.fill_compact(self.number, page, at),
+                    PageRows::Bad(bad) => Err(bad.error.clone()),
                 };
                 let Err(error) = filled else {
                     return true;
@@ -295,6 +296,7 @@ impl Fetch {
                 let raw = match &self.page {
                     PageRows::Values(rows) => rows[at].clone(),
                     PageRows::Compact(page) => page.row_value(at),
+                    PageRows::Bad(bad) => bad.raw.clone(),
                 };
                 let rejected = Rejected {
                     row_number: self.number as i64,
@@ -315,7 +317,8 @@ impl Fetch {
             };
             match next_page(self.runtime, stream, self.run.as_mut()) {
                 Some(page) => {
-                    if let Some(pages) = self.step_pages.as_mut() {
+                    // A step ends with a page, not inside one whose body is still arriving.
+                    if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {
                         *pages -= 1;
                     }
                     self.next_page(page.rows)

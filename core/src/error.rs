@@ -36,6 +36,12 @@ pub enum SqlState {
     ExternalRoutineException,
     /// 22032: a response body is not JSON.
     InvalidJsonText,
+    /// 22P04: a CSV body's record is malformed (as COPY says of its files).
+    BadCsvRecord,
+    /// 22021: a body's text is not UTF-8.
+    NotUtf8,
+    /// 22000: a compressed body is damaged.
+    DataException,
     /// 57014: cancelled by the user or by statement_timeout.
     QueryCanceled,
     /// XX000: a bug or a broken environment.
@@ -63,6 +69,9 @@ impl SqlState {
             SqlState::ProgramLimitExceeded => "54000",
             SqlState::ExternalRoutineException => "38000",
             SqlState::InvalidJsonText => "22032",
+            SqlState::BadCsvRecord => "22P04",
+            SqlState::NotUtf8 => "22021",
+            SqlState::DataException => "22000",
             SqlState::QueryCanceled => "57014",
             SqlState::Internal => "XX000",
             SqlState::Raised(packed) => return unpack_sqlstate(packed),

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod data;
+mod export;
 mod shapes;
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -39,6 +40,8 @@ struct State {
     /// Requests seen per `/flaky/{key}`.
     flaky: Mutex<HashMap<String, u64>>,
     oauth: Mutex<shapes::Tokens>,
+    /// Generated export bodies, by what they hold (the few most recent).
+    exports: Mutex<Vec<(String, Bytes)>>,
 }
 
 /// A running server on 127.0.0.1; stops when dropped.
@@ -195,6 +198,24 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             response
         }
         ["echo"] => echo(request, &query).await,
+        ["fixture"] => {
+            // The body given in the query, with the Content-Type given (JSON by default).
+            let body = query.get("body").cloned().unwrap_or_default();
+            let content_type = query
+                .get("ct")
+                .cloned()
+                .unwrap_or_else(|| "application/json".into());
+            let mut response =
+                bytes_response(StatusCode::OK, "application/json", Bytes::from(body));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_str(&content_type)
+                    .unwrap_or(HeaderValue::from_static("text/plain")),
+            );
+            response
+        }
+        ["export", format] => export::export(state, format, &query).await,
+        ["bomb", format] => export::bomb(state, format, &query).await,
         ["hop"] => {
             // A next_url chain across two origins: step 1 at `home`, step 2 at `other`, step 3
             // at `home` again; each page says what its request carried.
@@ -302,6 +323,31 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
 }
 
 impl State {
+    /// The export body `key`, made by `make` on a blocking thread when not cached: making a large
+    /// one must not stall the other connections' transfers.
+    async fn export(&self, key: &str, make: impl FnOnce() -> Bytes + Send + 'static) -> Bytes {
+        if let Some(body) = self.cached_export(key) {
+            return body;
+        }
+        let body = tokio::task::spawn_blocking(make)
+            .await
+            .expect("making an export body does not panic");
+        let mut exports = self.exports.lock().unwrap_or_else(|e| e.into_inner());
+        if exports.len() >= 4 {
+            exports.remove(0);
+        }
+        exports.push((key.to_string(), body.clone()));
+        body
+    }
+
+    fn cached_export(&self, key: &str) -> Option<Bytes> {
+        let exports = self.exports.lock().unwrap_or_else(|e| e.into_inner());
+        exports
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, body)| body.clone())
+    }
+
     fn page(&self, offset: u64, count: u64, total: u64) -> Bytes {
         let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
         pages

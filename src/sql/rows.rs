@@ -428,6 +428,11 @@ impl Converter {
             (Kind::Input, Cell::Str(span) | Cell::Number(span)) => {
                 Some(self.input_text(page.text(span))?)
             }
+            // A string (every CSV field) goes to the type's input function, as `convert` does.
+            (
+                Kind::Int2 | Kind::Int4 | Kind::Int8 | Kind::Float4 | Kind::Float8 | Kind::Bool,
+                Cell::Str(span),
+            ) => Some(self.input_text(page.text(span))?),
             (Kind::Array(_), Cell::Array { start, len }) => {
                 Some(self.array(page.elements(start, len), |element, item| {
                     element.convert_cell(item, page)
@@ -456,7 +461,11 @@ impl Converter {
                 .and_then(|v| i32::try_from(v).ok())
                 .map(Datum::from),
             (Kind::Int8, Value::Number(n)) => n.as_i64().map(Datum::from),
-            (Kind::Float8, Value::Number(n)) => n.as_f64().and_then(|v| v.into_datum()),
+            // Beyond float range: the input function says so (22003), never infinity.
+            (Kind::Float8, Value::Number(n)) => n
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .and_then(|v| v.into_datum()),
             (Kind::Float4, Value::Number(n)) => n
                 .as_f64()
                 .map(|v| v as f32)

@@ -36,6 +36,7 @@ mod bad_input;
 mod cancel;
 mod commit_every;
 mod faults;
+mod formats;
 mod incremental;
 mod jobs;
 mod paging;

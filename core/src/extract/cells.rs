@@ -89,38 +89,60 @@ impl Plan {
         if layout.ambiguous() {
             return None;
         }
-        let (route, rest) = leading_names(path.text());
-        let star = match rest.trim() {
-            "" => false,
-            "[*]" => true,
-            _ => return None,
-        };
-        if let Some(paging) = paging {
-            let mut paths = vec![
-                &paging.total_path,
-                &paging.total_pages_path,
-                &paging.has_more_path,
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
-            if let PagingKind::Cursor { path, .. } | PagingKind::NextUrl { path } = &paging.kind {
-                paths.push(path);
-            }
-            let touches = |other: &RowPath| {
-                let (names, _) = leading_names(other.text());
-                names.iter().zip(&route).all(|(a, b)| a == b)
-            };
-            if paths.into_iter().any(touches) {
-                return None;
-            }
-        }
+        let (route, star) = route_of(path, paging)?;
         Some(Plan {
             layout,
             route,
             star,
         })
     }
+
+    /// The plan for the elements of the rows array, one at a time (a streamed body's rows
+    /// come in batches `[row, row, ...]`).
+    pub fn for_elements(&self) -> Plan {
+        Plan {
+            layout: self.layout.clone(),
+            route: Vec::new(),
+            star: true,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+/// The names that lead to the rows and whether the path ends in `[*]`; `None` when the path is not
+/// a chain of names, or when a paging path reads inside the rows (as Stripe's `$.data[-1].id`
+/// does), which needs them as JSON values.
+pub fn route_of(path: &RowPath, paging: Option<&Paging>) -> Option<(Vec<String>, bool)> {
+    let (route, rest) = leading_names(path.text());
+    let star = match rest.trim() {
+        "" => false,
+        "[*]" => true,
+        _ => return None,
+    };
+    if let Some(paging) = paging {
+        let mut paths = vec![
+            &paging.total_path,
+            &paging.total_pages_path,
+            &paging.has_more_path,
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+        if let PagingKind::Cursor { path, .. } | PagingKind::NextUrl { path } = &paging.kind {
+            paths.push(path);
+        }
+        let touches = |other: &RowPath| {
+            let (names, _) = leading_names(other.text());
+            names.iter().zip(&route).all(|(a, b)| a == b)
+        };
+        if paths.into_iter().any(touches) {
+            return None;
+        }
+    }
+    Some((route, star))
 }
 
 /// The member names a JSONPath starts with (`$.a['b'][0]` → a, b) and the text after them.
@@ -187,8 +209,7 @@ pub enum Cell {
 /// general way, when asked for.
 #[derive(Debug, Default)]
 pub struct Compact {
-    body: Vec<u8>,
-    route: Vec<String>,
+    source: Source,
     /// Per row, where its cells start; `None`: the row goes the general way.
     rows: Vec<Option<u32>>,
     width: usize,
@@ -220,17 +241,34 @@ impl Compact {
     }
 
     /// The rows as the general parser sees them: the node the route leads to, an array's
-    /// elements or the node itself.
+    /// elements or the node itself; for fields, objects of their keys.
     fn general(&self) -> &[Value] {
-        self.general.get_or_init(|| {
-            let mut node = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
-            for name in &self.route {
-                node = node.get_mut(name).map(Value::take).unwrap_or(Value::Null);
+        self.general.get_or_init(|| match &self.source {
+            Source::Json { body, route } => {
+                let mut node = serde_json::from_slice(body).unwrap_or(Value::Null);
+                for name in route {
+                    node = node.get_mut(name).map(Value::take).unwrap_or(Value::Null);
+                }
+                match node {
+                    Value::Array(rows) => rows,
+                    node => vec![node],
+                }
             }
-            match node {
-                Value::Array(rows) => rows,
-                node => vec![node],
-            }
+            Source::Fields { keys, fields, null } => fields
+                .chunks(keys.len().max(1))
+                .map(|row| {
+                    let object = keys.iter().zip(row).map(|(key, span)| {
+                        let text = self.text(*span);
+                        let value = if field_is_null(text, null.as_deref()) {
+                            Value::Null
+                        } else {
+                            Value::String(text.to_string())
+                        };
+                        (key.clone(), value)
+                    });
+                    Value::Object(object.collect())
+                })
+                .collect(),
         })
     }
 
@@ -270,6 +308,145 @@ impl Compact {
     }
 }
 
+/// Where a page's rows were read from, to take them as JSON values when asked.
+#[derive(Debug)]
+enum Source {
+    /// A JSON body, and the names that lead to its rows.
+    Json { body: Vec<u8>, route: Vec<String> },
+    /// Records of fields (CSV): every row's fields, `keys.len()` of them, in the page's text.
+    Fields {
+        keys: Vec<String>,
+        fields: Vec<Span>,
+        null: Option<String>,
+    },
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Json {
+            body: Vec::new(),
+            route: Vec::new(),
+        }
+    }
+}
+
+/// Whether a field is NULL: it equals `null`, or is empty when no `null` is given.
+pub fn field_is_null(text: &str, null: Option<&str>) -> bool {
+    match null {
+        Some(null) => text == null,
+        None => text.is_empty(),
+    }
+}
+
+/// A page of records of text fields (CSV), in cells: each field fills the column its key names
+/// (`ColumnKey`'s rule); a jsonb column takes the field as JSON text, every other column as a
+/// string for its input function.
+pub struct FieldPage {
+    page: Compact,
+    /// Per field position, the column it fills and what that column wants.
+    targets: Vec<Option<(usize, bool)>>,
+    keys: Vec<String>,
+    fields: Vec<Span>,
+    null: Option<String>,
+}
+
+impl FieldPage {
+    /// `None` when two keys fill one column and neither by its exact name: which one wins is
+    /// the general rule's to say.
+    pub fn new(layout: &Layout, keys: &[String], null: Option<&str>) -> Option<FieldPage> {
+        let found: Vec<Option<(usize, bool)>> = keys.iter().map(|key| layout.find(key)).collect();
+        let mut targets = Vec::with_capacity(keys.len());
+        for (position, target) in found.iter().enumerate() {
+            let target = match *target {
+                Some((column, exact)) => {
+                    let rivals = found.iter().enumerate().filter(|(other, t)| {
+                        *other != position && matches!(t, Some((c, _)) if *c == column)
+                    });
+                    let mut beaten = false;
+                    for (_, rival) in rivals {
+                        let rival_exact = rival.is_some_and(|(_, e)| e);
+                        if !exact && !rival_exact {
+                            return None;
+                        }
+                        beaten |= rival_exact && !exact;
+                    }
+                    (!beaten).then_some((column, layout.columns[column].1 == Want::Json))
+                }
+                None => None,
+            };
+            targets.push(target);
+        }
+        Some(FieldPage {
+            page: Compact {
+                width: layout.columns.len(),
+                ..Compact::default()
+            },
+            targets,
+            keys: keys.to_vec(),
+            fields: Vec::new(),
+            null: null.map(str::to_string),
+        })
+    }
+
+    /// Adds a record; `fields` has one text per key.
+    pub fn push(&mut self, fields: &[&str]) {
+        let first = self.page.cells.len();
+        self.page
+            .cells
+            .resize(first + self.page.width, Cell::Missing);
+        for (text, target) in fields.iter().zip(&self.targets) {
+            let start = self.page.text.len() as u32;
+            self.page.text.extend_from_slice(text.as_bytes());
+            let span = Span {
+                start,
+                len: text.len() as u32,
+            };
+            self.fields.push(span);
+            if let Some((column, json)) = *target {
+                self.page.cells[first + column] = if field_is_null(text, self.null.as_deref()) {
+                    Cell::Null
+                } else if json {
+                    Cell::Json(span)
+                } else {
+                    Cell::Str(span)
+                };
+            }
+        }
+        self.page.rows.push(Some(first as u32));
+    }
+
+    pub fn len(&self) -> usize {
+        self.page.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.page.rows.is_empty()
+    }
+
+    /// The bytes of text held so far.
+    pub fn text_len(&self) -> usize {
+        self.page.text.len()
+    }
+
+    /// The page, and a new empty one for the records that follow.
+    pub fn take(&mut self) -> Compact {
+        let width = self.page.width;
+        let mut page = std::mem::replace(
+            &mut self.page,
+            Compact {
+                width,
+                ..Compact::default()
+            },
+        );
+        page.source = Source::Fields {
+            keys: self.keys.clone(),
+            fields: std::mem::take(&mut self.fields),
+            null: self.null.clone(),
+        };
+        page
+    }
+}
+
 /// The document of a page without its rows (for the paging facts), and its rows in cells; the
 /// body back when the page does not fit the plan or is not valid JSON: the general parser then
 /// takes it, and names what is wrong.
@@ -278,7 +455,6 @@ pub fn parse(body: Vec<u8>, plan: &Plan) -> Result<(Value, Compact), Vec<u8>> {
         plan,
         page: Compact {
             width: plan.layout.columns.len(),
-            route: plan.route.clone(),
             ..Compact::default()
         },
         keys: Vec::new(),
@@ -296,7 +472,10 @@ pub fn parse(body: Vec<u8>, plan: &Plan) -> Result<(Value, Compact), Vec<u8>> {
     match doc {
         Ok(doc) if !builder.unfit => {
             let mut page = builder.page;
-            page.body = body;
+            page.source = Source::Json {
+                body,
+                route: plan.route.clone(),
+            };
             Ok((doc, page))
         }
         _ => Err(body),

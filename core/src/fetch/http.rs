@@ -34,56 +34,141 @@ impl Response {
     }
 }
 
-/// Sends `spec`, retrying what is worth retrying (`spec.retry`), spacing requests by the rate
-/// limit, and with a fresh OAuth2 token once when the API refuses the cached one.
-pub async fn send(client: &Client, spec: &RequestSpec) -> Result<Response> {
-    let mut attempt: u32 = 0;
-    let mut token_refreshed = false;
-    loop {
-        if let Some(rate) = &spec.retry.rate {
-            rate.acquire().await;
+/// A response whose head was read; the caller reads its body (`BodyStream`).
+pub struct Head {
+    pub status: u16,
+    pub reason: &'static str,
+    pub headers: HeaderMap,
+    pub final_url: String,
+    pub started: Instant,
+    /// Requests it took, retries included.
+    pub attempts: u32,
+    pub response: reqwest::Response,
+}
+
+impl Head {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The whole body, as sent (no file decompression), within the size limit.
+    pub async fn read_all(self, spec: &RequestSpec) -> Result<Response> {
+        if let Some(length) = self.response.content_length() {
+            if length > spec.max_response_bytes {
+                return Err(super::body::too_large(spec, Some(length)));
+            }
         }
-        let bearer = match &spec.oauth {
-            Some(oauth) => Some(oauth::token(client, oauth, spec).await?),
-            None => None,
-        };
-        // The access token is a secret too: never in an error.
-        let result = send_once(client, spec, bearer.as_deref())
-            .await
-            .map_err(|e| e.redact(bearer.as_slice()));
-        let wait = match &result {
-            Ok(response) if response.status == 401 && !token_refreshed => {
-                if let Some(oauth) = &spec.oauth {
-                    oauth::forget(oauth);
-                    token_refreshed = true;
-                    continue;
-                }
-                None
+        let mut body = Vec::with_capacity(self.response.content_length().unwrap_or(0) as usize);
+        let mut stream = super::body::BodyStream::new(self.response, spec, None);
+        while let Some(piece) = stream.next().await? {
+            body.extend_from_slice(&piece);
+        }
+        Ok(Response {
+            status: self.status,
+            reason: self.reason,
+            headers: self.headers,
+            body,
+            final_url: self.final_url,
+            elapsed: self.started.elapsed(),
+            attempts: self.attempts,
+        })
+    }
+}
+
+/// Sends `spec` and reads the whole body: what `api_request` and error statuses need.
+pub async fn send(client: &Client, spec: &RequestSpec) -> Result<Response> {
+    let mut attempts = Attempts::new(spec);
+    loop {
+        let head = attempts.head(client).await?;
+        match head.read_all(spec).await {
+            Ok(response) => return Ok(response),
+            Err(error) => attempts.again(error).await?,
+        }
+    }
+}
+
+/// The tries of one request: retrying what is worth retrying (`spec.retry`), spacing requests by
+/// the rate limit, and with a fresh OAuth2 token once when the API refuses the cached one.
+pub struct Attempts<'a> {
+    spec: &'a RequestSpec,
+    /// Tries made so far.
+    made: u32,
+    token_refreshed: bool,
+}
+
+impl<'a> Attempts<'a> {
+    pub fn new(spec: &'a RequestSpec) -> Attempts<'a> {
+        Attempts {
+            spec,
+            made: 0,
+            token_refreshed: false,
+        }
+    }
+
+    /// Sends the request until its answer is final: a status not worth retrying, or the last try.
+    pub async fn head(&mut self, client: &Client) -> Result<Head> {
+        let spec = self.spec;
+        loop {
+            if let Some(rate) = &spec.retry.rate {
+                rate.acquire().await;
             }
-            Ok(response) if RETRY_STATUSES.contains(&response.status) => {
-                Some(retry_after(&response.headers).unwrap_or_else(|| backoff(spec, attempt)))
-            }
-            Err(error) if error.transient => Some(backoff(spec, attempt)),
-            _ => None,
-        };
-        match wait {
-            Some(wait) if attempt < spec.retry.retries => {
-                tokio::time::sleep(wait.min(spec.retry.max_wait)).await;
-                attempt += 1;
-            }
-            _ => {
-                let attempts = attempt + 1;
-                return match result {
-                    Ok(response) => Ok(Response {
-                        attempts,
-                        ..response
-                    }),
-                    Err(error) if attempts > 1 => {
-                        Err(error.with_detail(format!("tried {attempts} times")))
+            let bearer = match &spec.oauth {
+                Some(oauth) => Some(oauth::token(client, oauth, spec).await?),
+                None => None,
+            };
+            self.made += 1;
+            // The access token is a secret too: never in an error.
+            let result = send_once(client, spec, bearer.as_deref())
+                .await
+                .map_err(|e| e.redact(bearer.as_slice()));
+            let wait = match &result {
+                Ok(head) if head.status == 401 && !self.token_refreshed => {
+                    if let Some(oauth) = &spec.oauth {
+                        oauth::forget(oauth);
+                        self.token_refreshed = true;
+                        self.made -= 1;
+                        continue;
                     }
-                    Err(error) => Err(error),
-                };
+                    None
+                }
+                Ok(head) if RETRY_STATUSES.contains(&head.status) => {
+                    Some(retry_after(&head.headers).unwrap_or_else(|| backoff(spec, self.made - 1)))
+                }
+                Err(error) if error.transient => Some(backoff(spec, self.made - 1)),
+                _ => None,
+            };
+            match wait {
+                Some(wait) if self.made <= spec.retry.retries => {
+                    tokio::time::sleep(wait.min(spec.retry.max_wait)).await;
+                }
+                _ => {
+                    return match result {
+                        Ok(head) => Ok(Head {
+                            attempts: self.made,
+                            ..head
+                        }),
+                        Err(error) => Err(self.tried(error)),
+                    };
+                }
             }
+        }
+    }
+
+    /// After `error` reading a body: `Ok` once it is worth another try (after the backoff),
+    /// the error otherwise.
+    pub async fn again(&mut self, error: Error) -> Result<()> {
+        if error.transient && self.made <= self.spec.retry.retries {
+            let wait = backoff(self.spec, self.made - 1);
+            tokio::time::sleep(wait.min(self.spec.retry.max_wait)).await;
+            return Ok(());
+        }
+        Err(self.tried(error))
+    }
+
+    fn tried(&self, error: Error) -> Error {
+        match self.made {
+            0 | 1 => error,
+            made => error.with_detail(format!("tried {made} times")),
         }
     }
 }
@@ -139,7 +224,7 @@ impl RateLimit {
 /// Redirects followed at most, each hop checked against the network policy before it is sent.
 pub const MAX_REDIRECTS: usize = 10;
 
-async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) -> Result<Response> {
+async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) -> Result<Head> {
     let started = Instant::now();
     let mut url = spec.url.clone();
     let mut method = spec.method.clone();
@@ -147,7 +232,7 @@ async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) ->
     let mut hops = 0;
     // Redirects are followed here, not by the client: each hop is checked against the policy,
     // and credentials go only to their own origin (no Referer is ever sent).
-    let mut response = loop {
+    let response = loop {
         spec.policy
             .check_url(&url)
             .map_err(|d| d.into_error().redact(&spec.secrets))?;
@@ -163,14 +248,7 @@ async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) ->
                 headers.remove(name);
             }
         }
-        let mut request = client
-            .request(method.clone(), target)
-            .headers(headers)
-            .timeout(
-                spec.timeout
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1)),
-            );
+        let mut request = client.request(method.clone(), target).headers(headers);
         if let Some(token) = bearer.filter(|_| credentials) {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 Error::invalid("the OAuth2 server sent a token that is not a valid header")
@@ -186,7 +264,16 @@ async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) ->
             }
             request = request.body(content);
         }
-        let response = request.send().await.map_err(|e| transport_error(e, spec))?;
+        // The timeout bounds connecting and the head, over every hop; the body is read piece by
+        // piece, each within it again (`BodyStream`), so a long healthy transfer never times out.
+        let left = spec
+            .timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let response = match tokio::time::timeout(left, request.send()).await {
+            Ok(sent) => sent.map_err(|e| transport_error(e, spec))?,
+            Err(_) => return Err(timed_out(spec)),
+        };
         let status = response.status();
         let location = response
             .headers()
@@ -229,76 +316,45 @@ async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) ->
     };
     let status = response.status();
     let headers = response.headers().clone();
-    // The last hop as requested, without the query key the request carried.
-    let final_url = url.to_string();
-
-    let limit = spec.max_response_bytes;
-    if let Some(length) = response.content_length() {
-        if length > limit {
-            return Err(too_large(spec, limit, Some(length)));
-        }
-    }
-    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(e, spec))?
-    {
-        // Counted after decompression: a small gzip cannot inflate past the limit.
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(too_large(spec, limit, None));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Response {
+    Ok(Head {
         status: status.as_u16(),
         reason: status.canonical_reason().unwrap_or(""),
         headers,
-        body,
-        final_url,
-        elapsed: started.elapsed(),
+        // The last hop as requested, without the query key the request carried.
+        final_url: url.to_string(),
+        started,
         attempts: 1,
+        response,
     })
 }
 
-fn too_large(spec: &RequestSpec, limit: u64, length: Option<u64>) -> Error {
-    let size = match length {
-        Some(length) => format!(" (Content-Length {length})"),
-        None => String::new(),
-    };
+fn timed_out(spec: &RequestSpec) -> Error {
     Error::new(
-        SqlState::ProgramLimitExceeded,
+        SqlState::ConnectionFailure,
         format!(
-            "response from {} is larger than the limit of {limit} bytes{size}",
-            spec.display_url()
+            "request to {} timed out after {} ms",
+            spec.display_url(),
+            spec.timeout.as_millis()
         ),
     )
-    .with_hint(
-        "raise options.max_response_bytes (up to apisync.max_response_bytes), or page the API",
-    )
+    .with_hint("raise options.timeout_ms (up to apisync.http_timeout_ms)")
+    .redact(&spec.secrets)
 }
 
 /// Classifies a reqwest error. Its own text names the URL, which may carry secrets, so the URL is
 /// stripped and the redacted one put in its place.
-fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
+pub(super) fn transport_error(err: reqwest::Error, spec: &RequestSpec) -> Error {
     let url = spec.display_url();
     if let Some(denied) = find_source::<PolicyDenied>(&err) {
         return denied.clone().into_error().redact(&spec.secrets);
     }
-    let timed_out = err.is_timeout();
+    let is_timeout = err.is_timeout();
     let connect = err.is_connect();
     let redirect = err.is_redirect();
     let body = err.is_body() || err.is_decode();
     let reason = causes(&err.without_url());
-    let error = if timed_out {
-        Error::new(
-            SqlState::ConnectionFailure,
-            format!(
-                "request to {url} timed out after {} ms",
-                spec.timeout.as_millis()
-            ),
-        )
-        .with_hint("raise options.timeout_ms (up to apisync.http_timeout_ms)")
+    let error = if is_timeout {
+        return timed_out(spec);
     } else if connect {
         Error::new(
             SqlState::UnableToConnect,

@@ -1,6 +1,8 @@
 //! HTTP on tokio. Knows nothing of Postgres: the backend thread starts a `PageStream` and takes
 //! pages from its bounded channel; the tokio side requests, parses and selects rows.
 
+mod body;
+pub mod decode;
 pub(crate) mod http;
 mod oauth;
 mod pager;
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
+use futures_util::FutureExt;
 use reqwest::Client;
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -19,8 +22,11 @@ use tokio::task::JoinHandle;
 
 use crate::extract::cells::{self, Compact, Plan};
 use crate::policy::{NetworkPolicy, PolicyResolver};
+use body::BodyStream;
+use decode::{BadRecord, Decoder, Shape};
 pub use http::{send, Response};
-use pager::{Pager, Step};
+use http::{Attempts, Head};
+use pager::{PageFacts, Pager, Step};
 pub use reqwest::header::HeaderMap;
 
 use crate::error::{Error, Result, SqlState};
@@ -103,19 +109,26 @@ fn block_signals() {
     }
 }
 
-/// One page of rows, with what it cost.
+/// Rows of a page, with what they cost: a whole page, or a part of one whose body is still
+/// arriving (`continues`).
 #[derive(Debug)]
 pub struct Page {
     pub rows: PageRows,
+    /// Body bytes read for these rows.
     pub bytes: usize,
+    /// Requests made for these rows (retries included): counted on a page's first part.
     pub requests: u32,
+    /// More parts of this page follow.
+    pub continues: bool,
 }
 
-/// A page's rows: as JSON values, or in cells when the fetch has a plan and the page fits it.
+/// A page's rows: as JSON values, or in cells when the fetch has a plan and the page fits it;
+/// or one row that could not be read (a bad line or record).
 #[derive(Debug)]
 pub enum PageRows {
     Values(Vec<Value>),
     Compact(Compact),
+    Bad(BadRecord),
 }
 
 impl PageRows {
@@ -123,6 +136,7 @@ impl PageRows {
         match self {
             PageRows::Values(rows) => rows.len(),
             PageRows::Compact(page) => page.len(),
+            PageRows::Bad(_) => 1,
         }
     }
 
@@ -130,10 +144,12 @@ impl PageRows {
         self.len() == 0
     }
 
+    #[cfg(test)]
     pub fn into_values(self) -> Vec<Value> {
         match self {
             PageRows::Values(rows) => rows,
             PageRows::Compact(page) => page.into_values(),
+            PageRows::Bad(bad) => vec![bad.raw],
         }
     }
 }
@@ -174,10 +190,12 @@ impl PageStream {
         let client = http.client(&spec.request.policy)?;
         let (tx, rx) = mpsc::channel(PAGE_BUFFER);
         let task = http.runtime.spawn(async move {
+            let route = cells::route_of(&spec.path, spec.paging.as_ref());
             let fetch = Fetch {
                 client: &client,
                 spec: &spec,
                 plan: plan.as_ref(),
+                route: route.as_ref(),
             };
             if let Err(error) = produce(fetch, &tx).await {
                 // A closed channel means the reader is gone: nothing left to do.
@@ -226,14 +244,19 @@ struct Fetch<'a> {
     client: &'a Client,
     spec: &'a FetchSpec,
     plan: Option<&'a Plan>,
+    /// The names that lead to the rows, when a JSON body can stream (`cells::route_of`).
+    route: Option<&'a (Vec<String>, bool)>,
 }
 
 /// Fetches every page of `spec` in order into `tx`.
 async fn produce(fetch: Fetch<'_>, tx: &Sender) -> Result<()> {
     let spec = fetch.spec;
+    let mut sink = Sink::Channel(tx);
     let Some(paging) = &spec.paging else {
-        let (page, _) = fetch_page(fetch, &spec.request, None).await?;
-        if deliver(tx, page).await.is_ok() {
+        if fetch_page(fetch, &spec.request, None, &mut sink)
+            .await?
+            .is_some()
+        {
             finished(tx, 1, "one request").await?;
         }
         return Ok(());
@@ -242,16 +265,14 @@ async fn produce(fetch: Fetch<'_>, tx: &Sender) -> Result<()> {
     let mut request = pager.request_at(0);
     let mut index: u64 = 0;
     loop {
-        let (page, facts) = fetch_page(fetch, &request, Some(&pager)).await?;
-        let rows = page.rows.len();
+        let Some((rows, facts)) = fetch_page(fetch, &request, Some(&pager), &mut sink).await?
+        else {
+            return Ok(());
+        };
         let count = (index == 0 && spec.concurrency > 1)
             .then(|| pager.page_count(&facts))
             .flatten();
-        let step = pager.after(index, rows, facts, &request);
-        if deliver(tx, page).await.is_err() {
-            return Ok(());
-        }
-        let next = match step {
+        let next = match pager.after(index, rows, facts, &request) {
             Step::Next(next) => next,
             Step::Stop(reason) => return finished(tx, index + 1, reason).await,
         };
@@ -278,20 +299,27 @@ async fn concurrent(fetch: Fetch<'_>, pager: &Pager<'_>, count: u64, tx: &Sender
     let mut pages = stream::iter(1..last)
         .map(|index| {
             let request = pager.request_at(index);
-            let page: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(async move { fetch_page(fetch, &request, None).await });
+            let page: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(async move {
+                let mut sink = Sink::Collect(Vec::new());
+                let fetched = fetch_page(fetch, &request, None, &mut sink).await?;
+                let Sink::Collect(parts) = sink else {
+                    unreachable!("a collecting sink")
+                };
+                Ok::<_, Error>((parts, fetched.map_or(0, |(rows, _)| rows)))
+            });
             page
         })
         .buffered(spec.concurrency as usize);
     let mut delivered = 1;
     while let Some(fetched) = pages.next().await {
-        let (page, _) = fetched?;
-        let empty = page.rows.is_empty();
-        if deliver(tx, page).await.is_err() {
-            return Ok(());
+        let (parts, rows) = fetched?;
+        for part in parts {
+            if deliver(tx, part).await.is_err() {
+                return Ok(());
+            }
         }
         delivered += 1;
-        if empty {
+        if rows == 0 {
             return finished(tx, delivered, "empty page").await;
         }
     }
@@ -315,51 +343,254 @@ async fn deliver(tx: &Sender, page: Page) -> std::result::Result<(), Closed> {
     tx.send(Ok(Event::Page(page))).await.map_err(|_| Closed)
 }
 
-/// One page: request, parse, read the paging facts, take the rows.
+/// Where a page's rows go: to the reader as they come (one page at a time), or kept until the
+/// page is complete (pages fetched at once, delivered in order).
+enum Sink<'a> {
+    Channel(&'a Sender),
+    Collect(Vec<Page>),
+}
+
+impl Sink<'_> {
+    async fn put(&mut self, page: Page) -> std::result::Result<(), Closed> {
+        match self {
+            Sink::Channel(tx) => deliver(tx, page).await,
+            Sink::Collect(parts) => {
+                parts.push(page);
+                Ok(())
+            }
+        }
+    }
+
+    /// Parts collected so far (a retry drops what the failed try collected).
+    fn collected(&self) -> usize {
+        match self {
+            Sink::Channel(_) => 0,
+            Sink::Collect(parts) => parts.len(),
+        }
+    }
+
+    fn drop_from(&mut self, from: usize) {
+        if let Sink::Collect(parts) = self {
+            parts.truncate(from);
+        }
+    }
+}
+
+/// One page: the request, then its rows as the body arrives, into `sink`; its row count and
+/// paging facts, `None` when the reader went away. A transfer that breaks before any of its
+/// rows reached the reader is tried again (as a failed request is); after, it is an error: rows
+/// would repeat.
 async fn fetch_page(
     fetch: Fetch<'_>,
     request: &RequestSpec,
     pager: Option<&Pager<'_>>,
-) -> Result<(Page, pager::PageFacts)> {
-    let mut response = send(fetch.client, request).await?;
-    let bytes = response.body.len();
-    let facts = |doc: Option<&Value>, response: &Response| {
-        pager
-            .map(|p| p.facts(doc, &response.headers, &response.final_url))
-            .unwrap_or_default()
-    };
-    let (rows, facts) = match fetch.plan.filter(|_| (200..300).contains(&response.status)) {
-        Some(plan) if response.status != 204 => {
-            match cells::parse(std::mem::take(&mut response.body), plan) {
-                Ok((doc, page)) => (PageRows::Compact(page), facts(Some(&doc), &response)),
-                Err(body) => {
-                    response.body = body;
-                    general(fetch.spec, &response, request, facts)?
+    sink: &mut Sink<'_>,
+) -> Result<Option<(usize, PageFacts)>> {
+    let mut attempts = Attempts::new(request);
+    let start = sink.collected();
+    loop {
+        let head = attempts.head(fetch.client).await?;
+        let requests = head.attempts;
+        let mut page = PageRead {
+            sink: &mut *sink,
+            requests,
+            rows: 0,
+            read: 0,
+            reported: 0,
+            reached_reader: false,
+        };
+        match read_page(fetch, request, pager, head, &mut page).await {
+            Ok(Some(facts)) => {
+                let rows = page.rows;
+                let closing = Page {
+                    rows: PageRows::default(),
+                    bytes: 0,
+                    requests: 0,
+                    continues: false,
+                };
+                if page.put(closing).await.is_err() {
+                    return Ok(None);
                 }
+                return Ok(Some((rows, facts)));
+            }
+            Ok(None) => return Ok(None),
+            Err(error) if page.reached_reader => return Err(error),
+            Err(error) => {
+                sink.drop_from(start);
+                attempts.again(error).await?;
             }
         }
-        _ => general(fetch.spec, &response, request, facts)?,
-    };
-    Ok((
-        Page {
-            rows,
-            bytes,
-            requests: response.attempts,
-        },
-        facts,
-    ))
+    }
 }
 
-/// A page's rows as JSON values, and its paging facts.
-fn general(
-    spec: &FetchSpec,
-    response: &Response,
+/// The parts of one page as they are read.
+struct PageRead<'s, 't> {
+    sink: &'s mut Sink<'t>,
+    /// Requests made, reported with the first part.
+    requests: u32,
+    rows: usize,
+    /// Body bytes read, and reported with the parts so far.
+    read: u64,
+    reported: u64,
+    /// Some rows went to the reader.
+    reached_reader: bool,
+}
+
+impl PageRead<'_, '_> {
+    /// Puts every batch of `ready`, as parts of the page.
+    async fn put_all(&mut self, ready: &mut Vec<PageRows>) -> std::result::Result<(), Closed> {
+        for rows in ready.drain(..) {
+            let part = Page {
+                rows,
+                bytes: 0,
+                requests: 0,
+                continues: true,
+            };
+            self.put(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn put(&mut self, mut page: Page) -> std::result::Result<(), Closed> {
+        page.requests = std::mem::take(&mut self.requests);
+        page.bytes = self.read.saturating_sub(self.reported) as usize;
+        self.reported = self.read;
+        self.rows += page.rows.len();
+        if !page.rows.is_empty() && matches!(self.sink, Sink::Channel(_)) {
+            self.reached_reader = true;
+        }
+        self.sink.put(page).await
+    }
+}
+
+/// Reads a page's body in its format; the paging facts, `None` when the reader went away.
+async fn read_page(
+    fetch: Fetch<'_>,
     request: &RequestSpec,
-    facts: impl Fn(Option<&Value>, &Response) -> pager::PageFacts,
-) -> Result<(PageRows, pager::PageFacts)> {
-    let doc = parse_document(response, request)?;
-    let facts = facts(doc.as_ref(), response);
-    let rows = doc.map(|doc| spec.path.rows(doc)).unwrap_or_default();
+    pager: Option<&Pager<'_>>,
+    head: Head,
+    page: &mut PageRead<'_, '_>,
+) -> Result<Option<PageFacts>> {
+    let facts = |doc: Option<&Value>, headers: &HeaderMap, url: &str| {
+        pager
+            .map(|p| p.facts(doc, headers, url))
+            .unwrap_or_default()
+    };
+    if !head.is_success() || head.status == 204 {
+        // An error status (raised with its body), or no content: no rows.
+        let response = head.read_all(request).await?;
+        parse_document(&response, request)?;
+        let facts = facts(None, &response.headers, &response.final_url);
+        page.read = response.body.len() as u64;
+        return Ok(Some(facts));
+    }
+    let spec = fetch.spec;
+    let content_type = head
+        .headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = spec.body_format.of(content_type);
+    if !matches!(format, crate::spec::Format::Json) {
+        crate::spec::format::check_records(&format, spec.paging.as_ref())?;
+    }
+    let shape = Shape {
+        plan: fetch.plan,
+        path: &spec.path,
+        url: request.display_url(),
+    };
+    let decoder = Decoder::new(&format, shape, fetch.route.cloned())?;
+    let Head {
+        headers,
+        final_url,
+        response,
+        ..
+    } = head;
+    if let Some(length) = response.content_length() {
+        if length > request.max_response_bytes {
+            return Err(body::too_large(request, Some(length)));
+        }
+    }
+    let mut body = BodyStream::new(response, request, Some(spec.body_format.decompress));
+    let Some(mut decoder) = decoder else {
+        // A path that cannot stream: the body is read whole, as one part.
+        let mut whole = Vec::new();
+        while let Some(piece) = body.next().await? {
+            whole.extend_from_slice(&piece);
+        }
+        let (rows, facts) = whole_page(fetch, request, whole, &headers, &final_url, facts)?;
+        let part = Page {
+            rows,
+            bytes: 0,
+            requests: 0,
+            continues: true,
+        };
+        page.read = body.read;
+        return Ok(page.put(part).await.ok().map(|()| facts));
+    };
+    let mut ready = Vec::new();
+    loop {
+        let piece = match body.next().now_or_never() {
+            Some(piece) => piece?,
+            None => {
+                // The network paused: the rows read so far go to the reader now.
+                decoder.flush(&mut ready)?;
+                page.read = body.read;
+                if page.put_all(&mut ready).await.is_err() {
+                    return Ok(None);
+                }
+                body.next().await?
+            }
+        };
+        let doc = match &piece {
+            Some(piece) => {
+                decoder.feed(piece, &mut ready)?;
+                None
+            }
+            None => Some(decoder.finish(&mut ready)),
+        };
+        page.read = body.read;
+        if page.put_all(&mut ready).await.is_err() {
+            return Ok(None);
+        }
+        if let Some(doc) = doc {
+            return Ok(Some(facts(doc?.as_ref(), &headers, &final_url)));
+        }
+    }
+}
+
+/// The rows and facts of a body read whole: in cells when the plan fits, else as JSON values.
+fn whole_page(
+    fetch: Fetch<'_>,
+    request: &RequestSpec,
+    body: Vec<u8>,
+    headers: &HeaderMap,
+    final_url: &str,
+    facts: impl Fn(Option<&Value>, &HeaderMap, &str) -> PageFacts,
+) -> Result<(PageRows, PageFacts)> {
+    let body = match fetch.plan {
+        Some(plan) => match cells::parse(body, plan) {
+            Ok((doc, page)) => {
+                return Ok((
+                    PageRows::Compact(page),
+                    facts(Some(&doc), headers, final_url),
+                ))
+            }
+            Err(body) => body,
+        },
+        None => body,
+    };
+    let response = Response {
+        status: 200,
+        reason: "OK",
+        headers: HeaderMap::new(),
+        body,
+        final_url: String::new(),
+        elapsed: Duration::ZERO,
+        attempts: 1,
+    };
+    let doc = parse_document(&response, request)?;
+    let facts = facts(doc.as_ref(), headers, final_url);
+    let rows = doc.map(|doc| fetch.spec.path.rows(doc)).unwrap_or_default();
     Ok((PageRows::Values(rows), facts))
 }
 

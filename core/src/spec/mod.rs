@@ -1,6 +1,7 @@
 //! The request spec: the SQL arguments of `api_request` / `api_fetch`, parsed and validated once,
 //! before any request is made. Plain Rust; the SQL layer reads settings into `Limits` first.
 
+pub mod format;
 pub mod paging;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use crate::error::{Error, Result, SqlState};
 use crate::extract::RowPath;
 use crate::policy::NetworkPolicy;
 
+pub use format::{BodyFormat, CsvDialect, Decompress, Format};
 pub use paging::{Paging, PagingKind, ParamPlace};
 
 /// What the session's settings allow; read on the backend thread before anything else.
@@ -142,6 +144,8 @@ pub struct FetchSpec {
     pub max_pages: u32,
     /// Pages fetched at once when the page count is known.
     pub concurrency: u32,
+    /// `options.format`, `options.csv`, `options.decompress`.
+    pub body_format: BodyFormat,
 }
 
 /// `options`: every key of DESIGN.md §2.1; anything else is an error, so a typo is never ignored.
@@ -162,6 +166,9 @@ struct Options {
     form: Option<Map<String, Value>>,
     body_text: Option<String>,
     content_type: Option<String>,
+    format: Option<String>,
+    csv: Option<format::CsvOptions>,
+    decompress: Option<String>,
 }
 
 /// `options.auth` (DESIGN.md §2.5). Secrets by name and OAuth2 come with the secrets store.
@@ -217,6 +224,11 @@ impl RequestSpec {
 /// Parses the arguments of `api_request`; `api_fetch` adds its own on top (see `FetchSpec::parse`).
 /// `api_request` returns what the server said, so it retries only when `options.retries` asks.
 pub fn parse_request(args: RequestArgs<'_>, limits: &Limits) -> Result<RequestSpec> {
+    if let Some(key) = format::names_format_option(args.options.as_ref()) {
+        return Err(Error::invalid(format!(
+            "options.{key} is for api_fetch: api_request returns the body as it was sent"
+        )));
+    }
     let (mut spec, options) = parse_common(args, limits)?;
     if options.retries.is_none() {
         spec.retry.retries = 0;
@@ -236,7 +248,17 @@ impl FetchSpec {
             None | Some(Value::Null) => None,
             Some(value) => Some(Paging::parse(value)?),
         };
-        let (request, options) = parse_common(args, limits)?;
+        let (request, mut options) = parse_common(args, limits)?;
+        let body_format = BodyFormat::parse(
+            options.format.as_deref(),
+            options.csv.take(),
+            options.decompress.as_deref(),
+        )?;
+        match &body_format.format {
+            Some(Format::Csv(_)) => format::check_csv(path.text(), paging.as_ref())?,
+            Some(jsonl @ Format::Jsonl) => format::check_records(jsonl, paging.as_ref())?,
+            _ => {}
+        }
         let columns = options
             .columns
             .unwrap_or_default()
@@ -281,6 +303,7 @@ impl FetchSpec {
             paging,
             max_pages,
             concurrency,
+            body_format,
         })
     }
 }
