@@ -14,7 +14,8 @@ scripts/setup.sh
 build_release
 start_api
 # No checkpoint in the middle of a measurement: each starts right after one.
-start_cluster "max_wal_size = '20GB'" "checkpoint_timeout = '1h'"
+# One response of every row (7., 8.) is over the 64 MB default size limit: streamed, it may be.
+start_cluster "max_wal_size = '20GB'" "checkpoint_timeout = '1h'" "apisync.max_response_bytes = '1GB'"
 rows_url="$api_url/rows?n=$PAGE&total=$ROWS"
 paging="{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": $PAGE, \"total_path\": \"\$.total\"}"
 fetch="api_fetch('$rows_url', path => '\$.data', paging => '$paging', row_type => NULL::t)"
@@ -66,6 +67,13 @@ changed="TRUNCATE t; COPY t FROM '$work/rows.csv' (FORMAT csv); UPDATE t SET nam
 run on_conflict "$changed" "CREATE TEMP TABLE f (LIKE t); COPY f FROM '$work/rows.csv' (FORMAT csv); INSERT INTO t SELECT * FROM f ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, score = EXCLUDED.score, email = EXCLUDED.email, created_at = EXCLUDED.created_at, active = EXCLUDED.active, tags = EXCLUDED.tags"
 run job_upsert "$changed" "SELECT apisync.run_job('upsert')"
 
+# One response of every row, as a JSON array, as JSON Lines and as CSV (made by devapi first, so
+# that making them is not measured).
+for format in json jsonl csv; do curl -s -o /dev/null "$api_url/export/$format?n=$ROWS"; done
+run export_json "TRUNCATE t" "INSERT INTO t SELECT * FROM api_fetch('$api_url/export/json?n=$ROWS', path => '\$.data', row_type => NULL::t)"
+run export_jsonl "TRUNCATE t" "INSERT INTO t SELECT * FROM api_fetch('$api_url/export/jsonl?n=$ROWS', row_type => NULL::t)"
+run export_csv "TRUNCATE t" "INSERT INTO t SELECT * FROM api_fetch('$api_url/export/csv?n=$ROWS', row_type => NULL::t)"
+
 # 1,000 pages of 10 rows, each answered after 20 ms.
 slow="$api_url/rows?n=10&total=10000&ms=20"
 slow_paging() { echo "{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": 10, \"total_path\": \"\$.total\", \"concurrency\": $1}"; }
@@ -80,6 +88,13 @@ peak_kb() {
 }
 peak_small=$(peak_kb $(( ROWS / 10 )))
 peak_large=$(peak_kb "$ROWS")
+# The same, for one response of all the rows (streamed), and of a tenth of them.
+peak_one_kb() {
+    psql_run -qtA -c "SELECT count(*) FROM api_fetch('$api_url/export/json?n=$1', path => '\$.data', row_type => NULL::t)" \
+        -c "SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+)'))[1]" | tail -n 1
+}
+peak_one_small=$(peak_one_kb $(( ROWS / 10 )))
+peak_one_large=$(peak_one_kb "$ROWS")
 
 ratio() { echo "$1 $2" | awk '{ printf "%.2f", $1 / $2 }'; }
 echo
@@ -100,3 +115,8 @@ printf '| %-58s | %9.0f | %s |\n' "5a. 1,000 pages × 20 ms, concurrency 1" "$la
 printf '| %-58s | %9.0f | %s |\n' "5b. 1,000 pages × 20 ms, concurrency 8" "$latency_8" "$(ratio "$latency_1" "$latency_8")× faster than 5a (goal ≥ 6)"
 printf '| %-58s | %9s | %s |\n' "6a. peak backend memory (VmHWM), $(( ROWS / 10 )) rows" "${peak_small} kB" ""
 printf '| %-58s | %9s | %s |\n' "6b. peak backend memory (VmHWM), $ROWS rows" "${peak_large} kB" "$(ratio "$peak_large" "$peak_small")× 6a (goal ≤ 1.5)"
+printf '| %-58s | %9.0f | %s |\n' "7a. one response of every row, JSON array (typed INSERT)" "${result[export_json]}" "$(ratio "${result[export_json]}" "${result[copy]}")× COPY (goal ≤ 1.3)"
+printf '| %-58s | %9.0f | %s |\n' "7b. one response of every row, JSON Lines" "${result[export_jsonl]}" "$(ratio "${result[export_jsonl]}" "${result[copy]}")× COPY (goal ≤ 1.3)"
+printf '| %-58s | %9.0f | %s |\n' "7c. one response of every row, CSV" "${result[export_csv]}" "$(ratio "${result[export_csv]}" "${result[copy]}")× COPY (goal ≤ 1.3)"
+printf '| %-58s | %9s | %s |\n' "8a. peak memory (VmHWM), one response of $(( ROWS / 10 )) rows" "${peak_one_small} kB" ""
+printf '| %-58s | %9s | %s |\n' "8b. peak memory (VmHWM), one response of $ROWS rows" "${peak_one_large} kB" "$(ratio "$peak_one_large" "$peak_one_small")× 8a (goal ≤ 1.5)"
