@@ -264,12 +264,19 @@ impl Fetch {
         self.stream.is_none() && self.at >= self.page.len()
     }
 
-    /// Reads `rows` next; the page read so far is freed on the runtime.
+    /// Reads `rows` next; the page read so far is freed on the runtime (by the fetch task while it
+    /// runs).
     fn next_page(&mut self, rows: PageRows) {
         let done = std::mem::replace(&mut self.page, rows);
         self.at = 0;
-        if !done.is_empty() {
-            self.runtime.spawn(async move { drop(done) });
+        if done.is_empty() {
+            return;
+        }
+        match &self.stream {
+            Some(stream) => stream.recycle(done),
+            None => {
+                self.runtime.spawn(async move { drop(done) });
+            }
         }
     }
 

@@ -405,3 +405,24 @@ fn a_job_loads_a_csv_report() {
         format!("300 45150 | {ROW_7}")
     );
 }
+
+#[test]
+fn a_database_not_in_utf8_refuses_clearly() {
+    connect()
+        .batch_execute(
+            "CREATE DATABASE in_latin1 ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+        )
+        .unwrap();
+    let config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=in_latin1",
+        harness::cluster().port
+    );
+    let mut client = postgres::Client::connect(&config, postgres::NoTls).unwrap();
+    client.batch_execute("CREATE EXTENSION pg_apisync").unwrap();
+    let (code, message, _) = sql_error(client.batch_execute(&format!(
+        "SELECT count(*) FROM api_fetch({})",
+        export("/export/csv?n=5")
+    )));
+    assert_eq!(code, "0A000", "{message}");
+    assert_eq!(message, "pg_apisync needs a database with encoding UTF8");
+}

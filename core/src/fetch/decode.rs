@@ -543,15 +543,10 @@ impl<'a> JsonRows<'a> {
                     } else {
                         format!("',' or ']', not '{}'", char::from(b).escape_default())
                     };
-                    return Err(Error::new(
-                        SqlState::InvalidJsonText,
-                        format!(
-                            "response from {} is not valid JSON: expected {what} after row {} of {}",
-                            self.shape.url,
-                            self.rows,
-                            self.shape.path.text()
-                        ),
-                    ));
+                    return Err(self.malformed(format!(
+                        "is not valid JSON: expected {what} after row {}",
+                        self.rows
+                    )));
                 }
                 At::RowsStart => unreachable!("a ']' or not, both matched above"),
             }
@@ -564,14 +559,7 @@ impl<'a> JsonRows<'a> {
         let b = bytes[i];
         if leads && self.level == self.route.len() {
             if self.found {
-                return Err(Error::new(
-                    SqlState::InvalidJsonText,
-                    format!(
-                        "response from {} has the rows of {} twice",
-                        self.shape.url,
-                        self.shape.path.text()
-                    ),
-                ));
+                return Err(self.malformed("has twice the rows".into()));
             }
             self.found = true;
             self.outer.extend_from_slice(b"null");
@@ -628,18 +616,12 @@ impl<'a> JsonRows<'a> {
         if let At::Node(_) | At::RowsStart | At::RowsAfterComma | At::Row(_) | At::RowsBetween =
             self.at
         {
-            return Err(Error::new(
-                SqlState::InvalidJsonText,
-                format!(
-                    "response from {} is not valid JSON: it ends too early, inside the rows of {}",
-                    self.shape.url,
-                    self.shape.path.text()
-                ),
-            )
-            .with_detail(format!(
-                "response body: {}",
-                crate::error::body_snippet(&self.lead, &[])
-            )));
+            return Err(self
+                .malformed("is not valid JSON: it ends too early, inside the rows".into())
+                .with_detail(format!(
+                    "response body: {}",
+                    crate::error::body_snippet(&self.lead, &[])
+                )));
         }
         if let At::Root = self.at {
             return Err(Error::new(
@@ -651,6 +633,18 @@ impl<'a> JsonRows<'a> {
             ));
         }
         serde_json::from_slice(&self.outer).map_err(|e| self.invalid(&e))
+    }
+
+    /// What is wrong with the rows of the path, said of the response.
+    fn malformed(&self, what: String) -> Error {
+        Error::new(
+            SqlState::InvalidJsonText,
+            format!(
+                "response from {} {what} of {}",
+                self.shape.url,
+                self.shape.path.text()
+            ),
+        )
     }
 
     fn invalid(&self, e: &serde_json::Error) -> Error {

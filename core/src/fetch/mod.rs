@@ -179,6 +179,8 @@ pub enum Event {
 /// ended, was cancelled or failed) stops the requests.
 pub struct PageStream {
     rx: mpsc::Receiver<Result<Event>>,
+    /// Rows the reader is done with, back to the fetch task to free (`recycle`).
+    done: mpsc::UnboundedSender<PageRows>,
     task: JoinHandle<()>,
     /// A last event (`Finished`, `Cut` or an error) came: the channel may close now.
     ended: bool,
@@ -188,7 +190,12 @@ impl PageStream {
     /// Starts fetching; with a `plan`, pages that fit it are parsed into cells.
     pub fn start(http: &Http, spec: Arc<FetchSpec>, plan: Option<Plan>) -> Result<PageStream> {
         let client = http.client(&spec.request.policy)?;
-        let (tx, rx) = mpsc::channel(PAGE_BUFFER);
+        let (events, rx) = mpsc::channel(PAGE_BUFFER);
+        let (done, returned) = mpsc::unbounded_channel();
+        let tx = Sender {
+            events,
+            returned: Mutex::new(returned),
+        };
         let task = http.runtime.spawn(async move {
             let route = cells::route_of(&spec.path, spec.paging.as_ref());
             let fetch = Fetch {
@@ -204,9 +211,19 @@ impl PageStream {
         });
         Ok(PageStream {
             rx,
+            done,
             task,
             ended: false,
         })
+    }
+
+    /// Hands rows the reader is done with back to the fetch task, which frees them on the thread
+    /// that made them (freeing a page's many small allocations here takes the other thread's
+    /// allocator lock) before it sends more: what waits to be freed stays as bounded as what waits
+    /// to be read.
+    pub fn recycle(&self, rows: PageRows) {
+        // Once the task is gone, the rows come back and are freed here.
+        let _ = self.done.send(rows);
     }
 
     /// The next event, or `None` after the last one. A channel that closes before its last event
@@ -233,7 +250,27 @@ impl Drop for PageStream {
     }
 }
 
-type Sender = mpsc::Sender<Result<Event>>;
+/// The fetch task's end of the channel: events go out; rows the reader is done with come back.
+struct Sender {
+    events: mpsc::Sender<Result<Event>>,
+    returned: Mutex<mpsc::UnboundedReceiver<PageRows>>,
+}
+
+impl Sender {
+    /// Frees the rows that came back, then sends `event` (waiting while the channel is full).
+    async fn send(
+        &self,
+        event: Result<Event>,
+    ) -> std::result::Result<(), mpsc::error::SendError<Result<Event>>> {
+        {
+            let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+            while let Ok(rows) = returned.try_recv() {
+                drop(rows);
+            }
+        }
+        self.events.send(event).await
+    }
+}
 
 /// The reader went away: stop quietly.
 struct Closed;
