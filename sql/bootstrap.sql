@@ -64,6 +64,8 @@ CREATE TABLE apisync.job_runs (
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz,
     requests bigint NOT NULL DEFAULT 0,
+    -- Requests whose answer options.on_status skipped (a 404 child, say).
+    requests_skipped bigint NOT NULL DEFAULT 0,
     pages bigint NOT NULL DEFAULT 0,
     bytes bigint NOT NULL DEFAULT 0,
     rows_fetched bigint NOT NULL DEFAULT 0,

@@ -120,7 +120,7 @@ pub fn require_network_privilege(role: Oid) -> Result<()> {
     )
     .with_detail("jobs make their requests with their owner's EXECUTE privilege on api_fetch")
     .with_hint(format!(
-        "a DBA grants it: GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO {}",
+        "a DBA grants it: GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb) TO {}",
         quote(&name)
     )))
 }

@@ -15,7 +15,7 @@ use tokio::runtime::Runtime;
 
 use crate::extract::cells::Plan;
 use crate::fetch::{Event, Http, Page, PageRows, PageStream};
-use crate::spec::{FetchSpec, RequestArgs};
+use crate::spec::{FetchSpec, ParamSet, RequestArgs};
 use crate::sql::rows::RowMaker;
 use crate::sql::{raise, OrRaise};
 use crate::{interrupt, settings};
@@ -24,15 +24,22 @@ use crate::{interrupt, settings};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FetchStats {
     pub requests: u64,
+    /// Requests whose answer `options.on_status` skipped.
+    pub skipped: u64,
     pub pages: u64,
     pub bytes: u64,
     pub rows: u64,
 }
 
 /// The spec of a fetch under the session's settings; raises what is wrong with it.
-pub fn fetch_spec(args: RequestArgs<'_>, path: Option<&str>, paging: Option<&Value>) -> FetchSpec {
+pub fn fetch_spec(
+    args: RequestArgs<'_>,
+    path: Option<&str>,
+    paging: Option<&Value>,
+    params: Option<crate::spec::ParamSets>,
+) -> FetchSpec {
     settings::limits()
-        .and_then(|limits| FetchSpec::parse(args, path.unwrap_or("$"), paging, &limits))
+        .and_then(|limits| FetchSpec::parse(args, path.unwrap_or("$"), paging, params, &limits))
         .or_raise()
 }
 
@@ -64,6 +71,7 @@ impl RunTally {
     fn count_page(&mut self, page: &Page) {
         let stats = &mut self.stats;
         stats.pages += u64::from(!page.continues);
+        stats.skipped += u64::from(page.skipped.is_some());
         stats.requests += u64::from(page.requests);
         stats.bytes += page.bytes as u64;
         stats.rows += page.rows.len() as u64;
@@ -133,6 +141,7 @@ pub fn start(
         maker,
         page: PageRows::default(),
         at: 0,
+        params: None,
         number: 0,
         run,
         step_pages: None,
@@ -220,6 +229,8 @@ pub struct Fetch {
     /// many small allocations here cost a third of this thread's time (glibc arena locks).
     page: PageRows,
     at: usize,
+    /// The parameter set of the page being read (with params).
+    params: Option<ParamSet>,
     number: u64,
     /// A job run's counts, rejects and cut; `None` for `api_fetch`.
     pub run: Option<RunTally>,
@@ -288,11 +299,16 @@ impl Fetch {
                 let at = self.at;
                 self.at += 1;
                 self.number += 1;
+                let params = self.params.as_deref();
                 let filled = match &self.page {
-                    PageRows::Values(rows) => self.maker.fill(self.number, &rows[at]),
+                    PageRows::Values(rows) => match self.maker.with_params(&rows[at], params) {
+                        Some(row) => self.maker.fill(self.number, &row),
+                        None => self.maker.fill(self.number, &rows[at]),
+                    },
                     PageRows::Compact(page) => self.maker.fill_compact(self.number, page, at),
                     PageRows::Bad(bad) => Err(bad.error.clone()),
-                };
+                }
+                .and_then(|()| self.maker.fill_params(self.number, params));
                 let Err(error) = filled else {
                     return true;
                 };
@@ -328,6 +344,7 @@ impl Fetch {
                     if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {
                         *pages -= 1;
                     }
+                    self.params = page.params;
                     self.next_page(page.rows)
                 }
                 None => {
@@ -368,7 +385,10 @@ fn next_page(
                 if let Some(run) = run.as_mut() {
                     run.count_page(&page);
                 }
-                return Some(page);
+                if let Some(answer) = &page.skipped {
+                    pgrx::debug1!("api_fetch: skipped {answer} (options.on_status)");
+                }
+                return Some(*page);
             }
             Event::Cut { max_pages } => {
                 if let Some(run) = run.as_mut() {

@@ -40,8 +40,8 @@ pub fn cluster() -> &'static Cluster {
                  CREATE ROLE plain_user LOGIN;
                  CREATE ROLE other_user LOGIN;
                  GRANT CREATE ON SCHEMA public TO api_user, other_user;
-                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO other_user;
-                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO api_user;
+                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb) TO other_user;
+                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb) TO api_user;
                  GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO api_user;",
             )
             .expect("CREATE EXTENSION pg_apisync");

@@ -98,6 +98,9 @@ pub struct JobOptions {
     /// `max_rejected`: rows that may fail conversion or a constraint, 0 by default.
     pub max_rejected: u64,
     pub incremental: Option<Incremental>,
+    /// `for_each`: a SELECT run as the owner at the start of each run; each row is a parameter
+    /// set of the fetch (fan-out).
+    pub for_each: Option<String>,
 }
 
 impl JobSpec {
@@ -138,7 +141,7 @@ impl JobSpec {
     }
 }
 
-/// Splits a job's options into the job's own (commit_every, incremental, max_rejected), checked
+/// Splits a job's options into the job's own (commit_every, incremental, max_rejected, for_each), checked
 /// here, and the rest, which are `api_fetch`'s.
 fn split_options(options: &Value) -> Result<(Value, JobOptions)> {
     let Value::Object(all) = options else {
@@ -149,6 +152,19 @@ fn split_options(options: &Value) -> Result<(Value, JobOptions)> {
     for (key, value) in all {
         match key.as_str() {
             "incremental" => job.incremental = Some(Incremental::parse(value)?),
+            "for_each" => {
+                job.for_each = Some(
+                    value
+                        .as_str()
+                        .map(str::trim)
+                        .filter(|q| !q.is_empty())
+                        .ok_or_else(|| {
+                            Error::invalid("options.for_each must be a SELECT query, as text")
+                        })?
+                        .trim_end_matches(';')
+                        .to_string(),
+                )
+            }
             "max_rejected" => {
                 job.max_rejected = value.as_u64().ok_or_else(|| {
                     Error::invalid("options.max_rejected must be a whole number, 0 or more")

@@ -214,6 +214,32 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             );
             response
         }
+        ["repos", owner, repo, "issues"] => {
+            // GitHub's issues of a repository: three each, and 404 for a repository named
+            // "missing…".
+            if repo.starts_with("missing") {
+                return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"}));
+            }
+            let rows: Vec<Value> = (1..=3)
+                .map(|n| json!({"number": n, "title": format!("{owner}/{repo} issue {n}"), "repository": format!("{owner}/{repo}")}))
+                .collect();
+            json_response(StatusCode::OK, &Value::Array(rows))
+        }
+        ["users", id, "orders"] => {
+            // A user's orders (id % 3 of them), after `ms` of latency; 404 for an unknown user.
+            tokio::time::sleep(Duration::from_millis(number("ms", 0))).await;
+            let Some(id) = id
+                .parse::<u64>()
+                .ok()
+                .filter(|id| (1..=data::USER_COUNT).contains(id))
+            else {
+                return json_response(StatusCode::NOT_FOUND, &json!({"error": "no such user"}));
+            };
+            let orders: Vec<Value> = (1..=id % 3)
+                .map(|n| json!({"order_id": id * 10 + n, "amount": format!("{}.50", id + n)}))
+                .collect();
+            json_response(StatusCode::OK, &json!({"user": id, "orders": orders}))
+        }
         ["export", format] => export::export(state, format, &query).await,
         ["bomb", format] => export::bomb(state, format, &query).await,
         ["hop"] => {

@@ -303,7 +303,7 @@ pub fn record(run_id: i64, stats: &FetchStats, written: &Written, outcome: Outco
                             finished_at = CASE WHEN $2 OPERATOR(pg_catalog.<>) 'running' THEN pg_catalog.clock_timestamp() END,
                             requests = $3, pages = $4, bytes = $5, rows_fetched = $6,
                             rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11,
-                            rows_rejected = $12, cut_by = $13
+                            rows_rejected = $12, cut_by = $13, requests_skipped = $14
                      WHERE run_id OPERATOR(pg_catalog.=) $1",
                     None,
                     &[
@@ -320,6 +320,7 @@ pub fn record(run_id: i64, stats: &FetchStats, written: &Written, outcome: Outco
                         error.map(|(_, sqlstate)| sqlstate).into(),
                         written.rejected.into(),
                         cut_by.into(),
+                        (stats.skipped as i64).into(),
                     ],
                 )
                 .map(|t| t.len())

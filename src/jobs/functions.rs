@@ -29,7 +29,22 @@ pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<(Checked, FetchSp
     let target = Target::inspect(target)?;
     target.check_writer(owner, spec.write)?;
     let keys = target.keys(spec.write, spec.args.key_columns.as_deref())?;
-    let fetch = build_fetch_spec(owner, &spec, None);
+    // With for_each, the request is checked with one set of its columns (each "x"): a template
+    // name the query does not give is an error here, before any run.
+    let params = match &spec.options.for_each {
+        Some(query) => {
+            let placeholder: serde_json::Map<String, serde_json::Value> =
+                super::for_each::columns(query)?
+                    .into_iter()
+                    .map(|column| (column, serde_json::Value::from("x")))
+                    .collect();
+            Some(crate::spec::ParamSets::for_each(
+                serde_json::Value::Array(vec![placeholder.into()]).to_string(),
+            )?)
+        }
+        None => None,
+    };
+    let fetch = build_fetch_spec(owner, &spec, None, params);
     RowMaker::new(target.rowtype, fetch.columns.clone())?;
     if let Some(incremental) = &spec.options.incremental {
         super::run::cursor(incremental, &target.name, true).map_err(|e| {
@@ -39,16 +54,30 @@ pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<(Checked, FetchSp
     Ok((Checked { spec, target, keys }, fetch))
 }
 
-/// The fetch spec of a job for `owner` (whose secrets it uses), with `request` — the URL and body
-/// carrying an incremental cursor — in place of the stored ones when given.
+/// A run's request where it differs from the stored one: the URL, body and options carrying an
+/// incremental cursor.
+pub struct FetchRequest {
+    pub url: String,
+    pub body: Option<serde_json::Value>,
+    pub options: serde_json::Value,
+}
+
+/// The fetch spec of a job for `owner` (whose secrets it uses), with `request` in place of the
+/// stored one when given, and `params` (a for_each's rows).
 pub fn build_fetch_spec(
     owner: Oid,
     spec: &JobSpec,
-    request: Option<(String, Option<serde_json::Value>)>,
+    request: Option<FetchRequest>,
+    params: Option<crate::spec::ParamSets>,
 ) -> FetchSpec {
     let args = &spec.args;
-    let (url, body) = request.unwrap_or_else(|| (args.url.clone(), args.body.clone()));
-    let options = Some(spec.fetch_options.clone());
+    let request = request.unwrap_or_else(|| FetchRequest {
+        url: args.url.clone(),
+        body: args.body.clone(),
+        options: spec.fetch_options.clone(),
+    });
+    let (url, body) = (request.url, request.body);
+    let options = Some(request.options);
     let names = crate::spec::secret_names(options.as_ref());
     let request = RequestArgs {
         url: Some(&url),
@@ -58,7 +87,7 @@ pub fn build_fetch_spec(
         options,
         secrets: secrets::lookup(owner, &names),
     };
-    fetch_spec(request, Some(&args.path), args.paging.as_ref())
+    fetch_spec(request, Some(&args.path), args.paging.as_ref(), params)
 }
 
 #[pg_schema]

@@ -19,7 +19,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use super::catalog::{self, JobRow, Outcome, Written};
-use super::functions::{build_fetch_spec, check, Checked};
+use super::functions::{build_fetch_spec, check, Checked, FetchRequest};
 use super::write::WriteSql;
 use super::WriteMethod;
 use crate::error::{Error, Result, SqlState};
@@ -305,10 +305,29 @@ fn run(
     let first = || {
         check_owner(job).or_raise();
         let (checked, checked_spec) = check(owner, job.target, job.args.clone()).or_raise();
-        // An incremental cursor changes the first request; otherwise the checked spec is fetched.
-        let spec = match incremental_request(&checked) {
-            Some(request) => build_fetch_spec(owner, &checked.spec, Some(request)),
-            None => checked_spec,
+        // An incremental cursor changes the first request, for_each gives the parameter sets;
+        // otherwise the checked spec is fetched.
+        let cursor = incremental_cursor(&checked);
+        let spec = match &checked.spec.options.for_each {
+            Some(query) => {
+                let joined = cursor
+                    .as_ref()
+                    .map(|(incremental, value)| (incremental.param.as_str(), value));
+                let sets = super::for_each::sets(query, joined).or_raise();
+                let request = cursor.map(|(incremental, value)| {
+                    incremental_request(&checked, incremental, value, true)
+                });
+                build_fetch_spec(owner, &checked.spec, request, Some(sets))
+            }
+            None => match cursor {
+                Some((incremental, value)) => build_fetch_spec(
+                    owner,
+                    &checked.spec,
+                    Some(incremental_request(&checked, incremental, value, false)),
+                    None,
+                ),
+                None => checked_spec,
+            },
         };
         let tally = RunTally {
             run_id,
@@ -561,29 +580,59 @@ fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, Box<CaughtError>>
     result
 }
 
-/// The job's URL and body carrying the incremental cursor, when the job has one (read from the
-/// target with the owner's rights).
-fn incremental_request(checked: &Checked) -> Option<(String, Option<serde_json::Value>)> {
-    let args = &checked.spec.args;
+/// The incremental cursor of a run, when the job has one: the target's `max(cursor_column)`
+/// (read with the owner's rights), or `initial` while there is none.
+fn incremental_cursor(checked: &Checked) -> Option<(&super::Incremental, serde_json::Value)> {
     let incremental = checked.spec.options.incremental.as_ref()?;
     let found = cursor(incremental, &checked.target.name, false)
         .unwrap_or_else(|e| error!("options.incremental: {e}"));
-    let cursor = found
+    let value = found
         .filter(|v| !v.is_null())
         .or(incremental.initial.clone())?;
-    let body = args.body.clone();
-    Some(match incremental.place {
+    Some((incremental, value))
+}
+
+/// The job's request carrying the incremental cursor: in the query (of the URL, or with
+/// `templated` — a URL template of for_each — in options.query) or in the body.
+fn incremental_request(
+    checked: &Checked,
+    incremental: &super::Incremental,
+    cursor: serde_json::Value,
+    templated: bool,
+) -> FetchRequest {
+    let args = &checked.spec.args;
+    let mut request = FetchRequest {
+        url: args.url.clone(),
+        body: args.body.clone(),
+        options: checked.spec.fetch_options.clone(),
+    };
+    match incremental.place {
+        super::IncrementalPlace::Query if templated => {
+            let text = match cursor {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            if let Some(options) = request.options.as_object_mut() {
+                let query = options
+                    .entry("query")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(query) = query.as_object_mut() {
+                    query.insert(incremental.param.clone(), serde_json::Value::String(text));
+                }
+            }
+        }
         super::IncrementalPlace::Query => {
             let mut url = url::Url::parse(&args.url).unwrap_or_else(|e| error!("invalid url: {e}"));
             crate::spec::paging::set_query(&mut url, &incremental.param, &cursor);
-            (url.to_string(), body)
+            request.url = url.to_string();
         }
         super::IncrementalPlace::Body => {
-            let mut body = body.unwrap_or(serde_json::Value::Null);
+            let mut body = request.body.take().unwrap_or(serde_json::Value::Null);
             crate::spec::paging::set_dotted(&mut body, &incremental.param, cursor);
-            (args.url.clone(), Some(body))
+            request.body = Some(body);
         }
-    })
+    }
+    request
 }
 
 /// The target's `max(cursor_column)` minus the lookback, as JSON; `plan_only` runs the query on no

@@ -3,12 +3,14 @@
 use pgrx::prelude::*;
 use pgrx::{AnyElement, JsonB};
 
-use super::request_args;
+use super::{request_args, OrRaise};
 use crate::route::{fetch_spec, materialize, materialize_mode, start, Fetch, Requester};
 use crate::spec::RequestArgs;
 
 /// The position of `row_type` among the arguments: its type is the type of the rows.
 const ROW_TYPE_ARG: usize = 7;
+/// The position of `params`, read from the call as JSON text (`params_text`).
+const PARAMS_ARG: usize = 8;
 
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(
@@ -23,7 +25,8 @@ CREATE FUNCTION api_fetch(
     headers jsonb DEFAULT '{}',
     paging jsonb DEFAULT NULL,
     options jsonb DEFAULT '{}',
-    row_type anyelement DEFAULT NULL::jsonb
+    row_type anyelement DEFAULT NULL::jsonb,
+    params jsonb DEFAULT NULL
 ) RETURNS SETOF anyelement
 VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
@@ -40,6 +43,7 @@ fn api_fetch(
     paging: default!(Option<JsonB>, "NULL"),
     options: default!(Option<JsonB>, "'{}'"),
     row_type: default!(Option<AnyElement>, "NULL::jsonb"),
+    // `params` (after row_type) is read from fcinfo as text: see `params_text`.
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> SetOfIterator<'static, Option<AnyElement>> {
     let _ = row_type; // only its type matters
@@ -54,10 +58,38 @@ fn start_call(
     path: Option<&str>,
     paging: Option<&JsonB>,
 ) -> Fetch {
-    let spec = fetch_spec(args, path, paging.map(|p| &p.0));
+    // SAFETY: fcinfo is this call's.
+    let params = unsafe { params_text(fcinfo) }
+        .map(crate::spec::ParamSets::parse)
+        .transpose()
+        .or_raise();
+    let spec = fetch_spec(args, path, paging.map(|p| &p.0), params);
     // SAFETY: fcinfo is this call's, and the argument exists.
     let typoid = unsafe { pgrx::pg_getarg_type(fcinfo, ROW_TYPE_ARG) };
     start(spec, typoid, Requester::Caller, None)
+}
+
+/// `params` as the JSON text it holds, never as a JSON tree: a hundred thousand small sets as
+/// JSON values would take many times their text.
+///
+/// # Safety
+/// fcinfo is an `api_fetch` call.
+unsafe fn params_text(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
+    // SAFETY: as the caller promises; the argument is a jsonb when not NULL.
+    unsafe {
+        if ((*fcinfo).nargs as usize) <= PARAMS_ARG || pgrx::pg_arg_is_null(fcinfo, PARAMS_ARG) {
+            return None;
+        }
+        let datum = pgrx::pg_getarg_datum_raw(fcinfo, PARAMS_ARG);
+        let detoasted = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        let text = pgrx::direct_function_call::<&std::ffi::CStr>(
+            pg_sys::jsonb_out,
+            &[Some(detoasted.into())],
+        )?;
+        let owned = text.to_string_lossy().into_owned();
+        pg_sys::pfree(text.as_ptr() as *mut std::ffi::c_void);
+        Some(owned)
+    }
 }
 
 /// `api_fetch`'s entry point. In FROM, PostgreSQL stores every row of a set-returning function

@@ -81,7 +81,7 @@ fn sqlstate(state: SqlState) -> PgSqlErrorCode {
 pgrx::extension_sql!(
     r#"
 REVOKE EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb) FROM PUBLIC;
 "#,
     name = "revoke_network_functions",
     finalize

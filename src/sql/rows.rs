@@ -13,6 +13,7 @@ use crate::error::{snippet, Error, Result, SqlState};
 use crate::extract::cells::{Cell, Compact, Layout, Want};
 use crate::extract::{iso8601_micros, ColumnKey, RowPath};
 use crate::spec::json_kind;
+use crate::spec::ColumnSource;
 
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).
 const POSTGRES_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -34,8 +35,9 @@ pub struct RowMaker {
 }
 
 enum Shape {
-    /// jsonb (the default), or any non-composite type: the whole row value converts.
-    Scalar(Converter),
+    /// jsonb (the default), or any non-composite type: the whole row value converts. Parameter
+    /// columns (jsonb only) become keys of rows that are objects.
+    Scalar(Converter, Vec<(String, String)>),
     Composite(Composite),
 }
 
@@ -48,6 +50,8 @@ struct Column {
     /// The column's name, and how it takes a row's key.
     key: ColumnKey,
     path: Option<RowPath>,
+    /// The parameter it takes (`"{name}"` in options.columns), from the row's parameter set.
+    param: Option<String>,
     /// `None` for a dropped column: always NULL.
     converter: Option<Converter>,
 }
@@ -98,7 +102,7 @@ struct Failure {
 impl RowMaker {
     /// Plans the conversion for `typoid`; `columns` are `options.columns`. Call in the memory
     /// context that outlives the rows (the SRF's multi-call context).
-    pub fn new(typoid: Oid, columns: Vec<(String, RowPath)>) -> Result<RowMaker> {
+    pub fn new(typoid: Oid, columns: Vec<(String, ColumnSource)>) -> Result<RowMaker> {
         // SAFETY: catalog lookups on the backend thread.
         let composite = unsafe { pg_sys::type_is_rowtype(typoid) };
         if typoid == pg_sys::RECORDOID {
@@ -109,9 +113,18 @@ impl RowMaker {
             .with_hint("pass NULL::your_table, or create a type with CREATE TYPE"));
         }
         if !composite {
-            if !columns.is_empty() {
+            let params: Vec<(String, String)> = columns
+                .iter()
+                .filter_map(|(column, source)| match source {
+                    ColumnSource::Param(name) => Some((column.clone(), name.clone())),
+                    ColumnSource::Path(_) => None,
+                })
+                .collect();
+            // jsonb rows take parameter columns (as keys); nothing else takes options.columns.
+            let keyed = params.len() == columns.len() && typoid == pg_sys::JSONBOID;
+            if !(columns.is_empty() || keyed) {
                 return Err(Error::invalid(format!(
-                    "options.columns needs a composite row_type, not {}",
+                    "options.columns needs a composite row_type, not {} (jsonb rows take only parameters, as keys)",
                     type_name(typoid)
                 )));
             }
@@ -122,7 +135,11 @@ impl RowMaker {
                 pg_sys::TupleDescInitEntry(tupdesc, 1, c"api_fetch".as_ptr(), typoid, -1, 0);
                 tupdesc
             };
-            return Ok(RowMaker::with(typoid, tupdesc, Shape::Scalar(converter)));
+            return Ok(RowMaker::with(
+                typoid,
+                tupdesc,
+                Shape::Scalar(converter, params),
+            ));
         }
         // SAFETY: a copy of the type's descriptor in the current (multi-call) context.
         let tupdesc = unsafe { pg_sys::lookup_rowtype_tupdesc_copy(typoid, -1) };
@@ -156,10 +173,14 @@ impl RowMaker {
             return None;
         }
         Some(Layout::new(composite.columns.iter().map(|column| {
-            let want = column
-                .converter
-                .as_ref()
-                .map_or(Want::Skip, Converter::want);
+            // A parameter column takes no key: the parameter fills it (`fill_params`).
+            let want = match column.param {
+                Some(_) => Want::Skip,
+                None => column
+                    .converter
+                    .as_ref()
+                    .map_or(Want::Skip, Converter::want),
+            };
             (column.key.name.clone(), want)
         })))
     }
@@ -170,7 +191,8 @@ impl RowMaker {
             return self.fill(number, &page.row_value(row));
         };
         for (i, column) in composite.columns.iter_mut().enumerate() {
-            let Some(converter) = column.converter.as_mut() else {
+            let Some(converter) = column.converter.as_mut().filter(|_| column.param.is_none())
+            else {
                 self.nulls[i] = true;
                 continue;
             };
@@ -196,7 +218,7 @@ impl RowMaker {
     /// not passed by value are allocated in the current memory context.
     pub fn fill(&mut self, number: u64, row: &Value) -> Result<()> {
         match &mut self.shape {
-            Shape::Scalar(converter) => {
+            Shape::Scalar(converter, _) => {
                 let converted = converter.convert(row).map_err(|failure| {
                     failure.at(format!("api_fetch row {number}"), row, converter.typoid)
                 })?;
@@ -210,11 +232,62 @@ impl RowMaker {
         }
     }
 
+    /// Jsonb rows with parameter columns: `row` with those keys added (when it is an object).
+    pub fn with_params(
+        &self,
+        row: &Value,
+        params: Option<&serde_json::Map<String, Value>>,
+    ) -> Option<Value> {
+        let (Shape::Scalar(_, columns), Some(params), Value::Object(object)) =
+            (&self.shape, params, row)
+        else {
+            return None;
+        };
+        if columns.is_empty() {
+            return None;
+        }
+        let mut object = object.clone();
+        for (column, name) in columns {
+            object.insert(
+                column.clone(),
+                params.get(name).cloned().unwrap_or(Value::Null),
+            );
+        }
+        Some(Value::Object(object))
+    }
+
+    /// Fills the parameter columns of a typed row from its parameter set.
+    pub fn fill_params(
+        &mut self,
+        number: u64,
+        params: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<()> {
+        let Shape::Composite(composite) = &mut self.shape else {
+            return Ok(());
+        };
+        for (i, column) in composite.columns.iter_mut().enumerate() {
+            let (Some(name), Some(converter)) = (&column.param, column.converter.as_mut()) else {
+                continue;
+            };
+            let value = params.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
+            let converted = converter.convert(value).map_err(|failure| {
+                failure.at(
+                    format!("api_fetch row {number}, column \"{}\"", column.key.name),
+                    value,
+                    converter.typoid,
+                )
+            })?;
+            self.nulls[i] = converted.is_none();
+            self.values[i] = converted.unwrap_or(Datum::from(0));
+        }
+        Ok(())
+    }
+
     /// The last filled row as one Datum (a composite's tuple is formed in the current memory
     /// context); `None` is a NULL row.
     pub fn datum(&mut self) -> Option<Datum> {
         match self.shape {
-            Shape::Scalar(_) => (!self.nulls[0]).then_some(self.values[0]),
+            Shape::Scalar(..) => (!self.nulls[0]).then_some(self.values[0]),
             // SAFETY: values/nulls have one entry per attribute of tupdesc.
             Shape::Composite(_) => unsafe {
                 let tuple = pg_sys::heap_form_tuple(
@@ -255,7 +328,7 @@ impl Composite {
     fn new(
         typoid: Oid,
         tupdesc: pg_sys::TupleDesc,
-        mut mapped: Vec<(String, RowPath)>,
+        mut mapped: Vec<(String, ColumnSource)>,
     ) -> Result<Composite> {
         // SAFETY: the view does not free the descriptor.
         let view = unsafe { PgTupleDesc::from_pg_unchecked(tupdesc) };
@@ -266,18 +339,25 @@ impl Composite {
                 columns.push(Column {
                     key: ColumnKey::new(name),
                     path: None,
+                    param: None,
                     converter: None,
                 });
                 continue;
             }
-            let path = mapped
+            let source = mapped
                 .iter()
                 .position(|(column, _)| *column == name)
                 .map(|i| mapped.remove(i).1);
+            let (path, param) = match source {
+                Some(ColumnSource::Path(path)) => (Some(path), None),
+                Some(ColumnSource::Param(param)) => (None, Some(param)),
+                None => (None, None),
+            };
             let converter = Converter::new(attribute.type_oid().value(), attribute.type_mod())?;
             columns.push(Column {
                 key: ColumnKey::new(name),
                 path,
+                param,
                 converter: Some(converter),
             });
         }
@@ -305,7 +385,7 @@ impl Composite {
             && self
                 .columns
                 .iter()
-                .any(|c| c.converter.is_some() && c.path.is_none())
+                .any(|c| c.converter.is_some() && c.path.is_none() && c.param.is_none())
         {
             return Err(Error::new(
                 SqlState::DatatypeMismatch,
@@ -321,7 +401,8 @@ impl Composite {
             ));
         }
         for (i, column) in self.columns.iter_mut().enumerate() {
-            let Some(converter) = column.converter.as_mut() else {
+            let Some(converter) = column.converter.as_mut().filter(|_| column.param.is_none())
+            else {
                 nulls[i] = true;
                 continue;
             };

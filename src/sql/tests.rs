@@ -60,7 +60,10 @@ mod tests {
             "CREATE TABLE evolved (a int, gone int, b text); ALTER TABLE evolved DROP COLUMN gone",
         )
         .unwrap();
-        let columns = vec![("b".to_string(), RowPath::parse("$.deep.b").unwrap())];
+        let columns = vec![(
+            "b".to_string(),
+            crate::spec::ColumnSource::Path(RowPath::parse("$.deep.b").unwrap()),
+        )];
         let mut maker = RowMaker::new(type_oid("evolved"), columns).unwrap();
         let row = composite(
             &mut maker,

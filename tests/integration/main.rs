@@ -35,6 +35,7 @@ mod auth;
 mod bad_input;
 mod cancel;
 mod commit_every;
+mod fan_out;
 mod faults;
 mod formats;
 mod incremental;

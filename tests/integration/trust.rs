@@ -3,7 +3,7 @@
 
 use harness::{api, connect, connect_as, lit, sql_error, Client};
 
-const FETCH: &str = "api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement)";
+const FETCH: &str = "api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb)";
 
 fn count(client: &mut Client, sql: &str) -> i64 {
     client

@@ -30,7 +30,7 @@ use pager::{PageFacts, Pager, Step};
 pub use reqwest::header::HeaderMap;
 
 use crate::error::{Error, Result, SqlState};
-use crate::spec::{FetchSpec, RequestSpec};
+use crate::spec::{FanOut, FetchSpec, ParamSet, RequestSpec};
 
 /// Pages that may wait in the channel: memory is bounded by this times the page size.
 const PAGE_BUFFER: usize = 2;
@@ -120,6 +120,10 @@ pub struct Page {
     pub requests: u32,
     /// More parts of this page follow.
     pub continues: bool,
+    /// The parameter set of the request (with params).
+    pub params: Option<ParamSet>,
+    /// The request was skipped by `options.on_status`: what it answered.
+    pub skipped: Option<String>,
 }
 
 /// A page's rows: as JSON values, or in cells when the fetch has a plan and the page fits it;
@@ -163,7 +167,7 @@ impl Default for PageRows {
 /// What crosses the channel: pages in order, then possibly the news that `max_pages` cut the data.
 #[derive(Debug)]
 pub enum Event {
-    Page(Page),
+    Page(Box<Page>),
     /// The page limit was reached while the API had more.
     Cut {
         max_pages: u32,
@@ -285,61 +289,103 @@ struct Fetch<'a> {
     route: Option<&'a (Vec<String>, bool)>,
 }
 
-/// Fetches every page of `spec` in order into `tx`.
+/// Fetches every page of `spec` in order into `tx` (with params, of every parameter set).
 async fn produce(fetch: Fetch<'_>, tx: &Sender) -> Result<()> {
-    let spec = fetch.spec;
-    let mut sink = Sink::Channel(tx);
-    let Some(paging) = &spec.paging else {
-        if fetch_page(fetch, &spec.request, None, &mut sink)
-            .await?
-            .is_some()
-        {
-            finished(tx, 1, "one request").await?;
-        }
-        return Ok(());
+    let ending = match &fetch.spec.fan_out {
+        None => produce_one(fetch, &fetch.spec.request, &mut Sink::Channel(tx), None).await?,
+        Some(fan) => fan_out(fetch, fan, tx).await?,
     };
-    let mut pager = Pager::new(paging, &spec.request);
-    let mut request = pager.request_at(0);
+    let event = match ending {
+        Ending::Finished { pages, reason } => Event::Finished { pages, reason },
+        Ending::Cut => Event::Cut {
+            max_pages: fetch.spec.max_pages,
+        },
+        Ending::ReaderGone => return Ok(()),
+    };
+    let _ = tx.send(Ok(event)).await;
+    Ok(())
+}
+
+/// How the pages of one request ended.
+#[derive(Debug)]
+enum Ending {
+    Finished {
+        pages: u64,
+        reason: &'static str,
+    },
+    /// `max_pages` was reached while the API had more.
+    Cut,
+    ReaderGone,
+}
+
+/// Every page of `request` in order into `sink`; `params`: the set it belongs to.
+async fn produce_one(
+    fetch: Fetch<'_>,
+    request: &RequestSpec,
+    sink: &mut Sink<'_>,
+    params: Option<&ParamSet>,
+) -> Result<Ending> {
+    let spec = fetch.spec;
+    let Some(paging) = &spec.paging else {
+        return Ok(
+            match fetch_page(fetch, request, None, sink, params).await? {
+                Some(_) => Ending::Finished {
+                    pages: 1,
+                    reason: "one request",
+                },
+                None => Ending::ReaderGone,
+            },
+        );
+    };
+    let mut pager = Pager::new(paging, request);
+    let mut page_request = pager.request_at(0);
     let mut index: u64 = 0;
     loop {
-        let Some((rows, facts)) = fetch_page(fetch, &request, Some(&pager), &mut sink).await?
+        let Some((rows, facts)) =
+            fetch_page(fetch, &page_request, Some(&pager), sink, params).await?
         else {
-            return Ok(());
+            return Ok(Ending::ReaderGone);
         };
-        let count = (index == 0 && spec.concurrency > 1)
+        // With params, concurrency runs sets at once, and each set's pages follow one another.
+        let count = (index == 0 && spec.concurrency > 1 && spec.fan_out.is_none())
             .then(|| pager.page_count(&facts))
             .flatten();
-        let next = match pager.after(index, rows, facts, &request) {
+        let next = match pager.after(index, rows, facts, &page_request) {
             Step::Next(next) => next,
-            Step::Stop(reason) => return finished(tx, index + 1, reason).await,
+            Step::Stop(reason) => {
+                return Ok(Ending::Finished {
+                    pages: index + 1,
+                    reason,
+                })
+            }
         };
         if index + 1 >= u64::from(spec.max_pages) {
-            let _ = tx
-                .send(Ok(Event::Cut {
-                    max_pages: spec.max_pages,
-                }))
-                .await;
-            return Ok(());
+            return Ok(Ending::Cut);
         }
         if let Some(count) = count {
-            return concurrent(fetch, &pager, count, tx).await;
+            return concurrent(fetch, &pager, count, sink).await;
         }
-        request = *next;
+        page_request = *next;
         index += 1;
     }
 }
 
 /// Pages 2..=count of an addressable kind, `spec.concurrency` at a time, delivered in order.
-async fn concurrent(fetch: Fetch<'_>, pager: &Pager<'_>, count: u64, tx: &Sender) -> Result<()> {
+async fn concurrent(
+    fetch: Fetch<'_>,
+    pager: &Pager<'_>,
+    count: u64,
+    sink: &mut Sink<'_>,
+) -> Result<Ending> {
     let spec = fetch.spec;
     let last = count.min(u64::from(spec.max_pages));
     let mut pages = stream::iter(1..last)
         .map(|index| {
             let request = pager.request_at(index);
             let page: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(async move {
-                let mut sink = Sink::Collect(Vec::new());
-                let fetched = fetch_page(fetch, &request, None, &mut sink).await?;
-                let Sink::Collect(parts) = sink else {
+                let mut collected = Sink::Collect(Vec::new());
+                let fetched = fetch_page(fetch, &request, None, &mut collected, None).await?;
+                let Sink::Collect(parts) = collected else {
                     unreachable!("a collecting sink")
                 };
                 Ok::<_, Error>((parts, fetched.map_or(0, |(rows, _)| rows)))
@@ -351,33 +397,127 @@ async fn concurrent(fetch: Fetch<'_>, pager: &Pager<'_>, count: u64, tx: &Sender
     while let Some(fetched) = pages.next().await {
         let (parts, rows) = fetched?;
         for part in parts {
-            if deliver(tx, part).await.is_err() {
-                return Ok(());
+            if sink.put(part).await.is_err() {
+                return Ok(Ending::ReaderGone);
             }
         }
         delivered += 1;
         if rows == 0 {
-            return finished(tx, delivered, "empty page").await;
+            return Ok(Ending::Finished {
+                pages: delivered,
+                reason: "empty page",
+            });
         }
     }
     if count > last {
-        let _ = tx
-            .send(Ok(Event::Cut {
-                max_pages: spec.max_pages,
-            }))
-            .await;
-        return Ok(());
+        return Ok(Ending::Cut);
     }
-    finished(tx, delivered, "total pages reached").await
+    Ok(Ending::Finished {
+        pages: delivered,
+        reason: "total pages reached",
+    })
 }
 
-async fn finished(tx: &Sender, pages: u64, reason: &'static str) -> Result<()> {
-    let _ = tx.send(Ok(Event::Finished { pages, reason })).await;
-    Ok(())
+/// What a parameter set's fetch sends to the merge: parts of its pages, then how it ended.
+enum SetEvent {
+    Part(Page),
+    End(Result<Ending>),
+}
+
+/// Every parameter set's request, `concurrency` sets at once, merged in `params` order. A set
+/// runs ahead only until its small channel is full, and no set starts more than `concurrency`
+/// sets ahead of the one being read: memory stays bounded however many sets there are.
+async fn fan_out(fetch: Fetch<'_>, fan: &FanOut, tx: &Sender) -> Result<Ending> {
+    let window = tokio::sync::Semaphore::new(fetch.spec.concurrency as usize);
+    let (started_tx, mut started) = mpsc::unbounded_channel::<mpsc::Receiver<SetEvent>>();
+    let producers = async {
+        let mut running = stream::FuturesUnordered::new();
+        let mut next = 0;
+        loop {
+            tokio::select! {
+                permit = window.acquire(), if next < fan.sets.len() => {
+                    let Ok(permit) = permit else { break };
+                    permit.forget();
+                    let (set_tx, set_rx) = mpsc::channel(PAGE_BUFFER);
+                    if started_tx.send(set_rx).is_err() {
+                        break;
+                    }
+                    running.push(produce_set(fetch, fan, next, set_tx));
+                    next += 1;
+                }
+                Some(()) = running.next(), if !running.is_empty() => {}
+                else => break,
+            }
+        }
+        drop(started_tx);
+    };
+    let merge = async {
+        let mut pages = 0;
+        let mut cut = false;
+        while let Some(mut set) = started.recv().await {
+            loop {
+                match set.recv().await {
+                    Some(SetEvent::Part(page)) => {
+                        if tx.send(Ok(Event::Page(Box::new(page)))).await.is_err() {
+                            return Ok(Ending::ReaderGone);
+                        }
+                    }
+                    Some(SetEvent::End(Ok(Ending::Finished { pages: n, .. }))) => {
+                        pages += n;
+                        break;
+                    }
+                    Some(SetEvent::End(Ok(Ending::Cut))) => {
+                        cut = true;
+                        break;
+                    }
+                    Some(SetEvent::End(Ok(Ending::ReaderGone))) => return Ok(Ending::ReaderGone),
+                    Some(SetEvent::End(Err(error))) => return Err(error),
+                    None => {
+                        return Err(Error::internal(
+                            "a parameter set's fetch ended without finishing",
+                        ))
+                    }
+                }
+            }
+            window.add_permits(1);
+        }
+        Ok(if cut {
+            Ending::Cut
+        } else {
+            Ending::Finished {
+                pages,
+                reason: "every parameter set fetched",
+            }
+        })
+    };
+    let mut producers = std::pin::pin!(producers);
+    let mut merge = std::pin::pin!(merge);
+    let mut producing = true;
+    loop {
+        tokio::select! {
+            () = &mut producers, if producing => producing = false,
+            ending = &mut merge => return ending,
+        }
+    }
+}
+
+/// The pages of parameter set `index` into `tx`, then how they ended.
+async fn produce_set(fetch: Fetch<'_>, fan: &FanOut, index: usize, tx: mpsc::Sender<SetEvent>) {
+    let ending = async {
+        let set = fan.sets.get(index)?;
+        let mut request = fan.request(&set)?;
+        // One rate limit for the whole call.
+        request.retry.rate = fetch.spec.request.retry.rate.clone();
+        produce_one(fetch, &request, &mut Sink::Set(&tx), Some(&set)).await
+    }
+    .await;
+    let _ = tx.send(SetEvent::End(ending)).await;
 }
 
 async fn deliver(tx: &Sender, page: Page) -> std::result::Result<(), Closed> {
-    tx.send(Ok(Event::Page(page))).await.map_err(|_| Closed)
+    tx.send(Ok(Event::Page(Box::new(page))))
+        .await
+        .map_err(|_| Closed)
 }
 
 /// Where a page's rows go: to the reader as they come (one page at a time), or kept until the
@@ -385,6 +525,8 @@ async fn deliver(tx: &Sender, page: Page) -> std::result::Result<(), Closed> {
 enum Sink<'a> {
     Channel(&'a Sender),
     Collect(Vec<Page>),
+    /// A parameter set's channel to the merge.
+    Set(&'a mpsc::Sender<SetEvent>),
 }
 
 impl Sink<'_> {
@@ -395,14 +537,15 @@ impl Sink<'_> {
                 parts.push(page);
                 Ok(())
             }
+            Sink::Set(tx) => tx.send(SetEvent::Part(page)).await.map_err(|_| Closed),
         }
     }
 
     /// Parts collected so far (a retry drops what the failed try collected).
     fn collected(&self) -> usize {
         match self {
-            Sink::Channel(_) => 0,
             Sink::Collect(parts) => parts.len(),
+            _ => 0,
         }
     }
 
@@ -422,6 +565,7 @@ async fn fetch_page(
     request: &RequestSpec,
     pager: Option<&Pager<'_>>,
     sink: &mut Sink<'_>,
+    params: Option<&ParamSet>,
 ) -> Result<Option<(usize, PageFacts)>> {
     let mut attempts = Attempts::new(request);
     let start = sink.collected();
@@ -430,6 +574,8 @@ async fn fetch_page(
         let requests = head.attempts;
         let mut page = PageRead {
             sink: &mut *sink,
+            params,
+            skipped: None,
             requests,
             rows: 0,
             read: 0,
@@ -444,6 +590,8 @@ async fn fetch_page(
                     bytes: 0,
                     requests: 0,
                     continues: false,
+                    params: None,
+                    skipped: page.skipped.take(),
                 };
                 if page.put(closing).await.is_err() {
                     return Ok(None);
@@ -463,6 +611,9 @@ async fn fetch_page(
 /// The parts of one page as they are read.
 struct PageRead<'s, 't> {
     sink: &'s mut Sink<'t>,
+    params: Option<&'s ParamSet>,
+    /// What a skipped request answered.
+    skipped: Option<String>,
     /// Requests made, reported with the first part.
     requests: u32,
     rows: usize,
@@ -474,15 +625,21 @@ struct PageRead<'s, 't> {
 }
 
 impl PageRead<'_, '_> {
+    fn part(&self, rows: PageRows) -> Page {
+        Page {
+            rows,
+            bytes: 0,
+            requests: 0,
+            continues: true,
+            params: None,
+            skipped: None,
+        }
+    }
+
     /// Puts every batch of `ready`, as parts of the page.
     async fn put_all(&mut self, ready: &mut Vec<PageRows>) -> std::result::Result<(), Closed> {
         for rows in ready.drain(..) {
-            let part = Page {
-                rows,
-                bytes: 0,
-                requests: 0,
-                continues: true,
-            };
+            let part = self.part(rows);
             self.put(part).await?;
         }
         Ok(())
@@ -490,10 +647,12 @@ impl PageRead<'_, '_> {
 
     async fn put(&mut self, mut page: Page) -> std::result::Result<(), Closed> {
         page.requests = std::mem::take(&mut self.requests);
+        page.params = self.params.cloned();
         page.bytes = self.read.saturating_sub(self.reported) as usize;
         self.reported = self.read;
         self.rows += page.rows.len();
-        if !page.rows.is_empty() && matches!(self.sink, Sink::Channel(_)) {
+        // Rows sent on (to the reader or the merge) cannot be taken back: no retry after them.
+        if !page.rows.is_empty() && !matches!(self.sink, Sink::Collect(_)) {
             self.reached_reader = true;
         }
         self.sink.put(page).await
@@ -514,8 +673,18 @@ async fn read_page(
             .unwrap_or_default()
     };
     if !head.is_success() || head.status == 204 {
-        // An error status (raised with its body), or no content: no rows.
+        // An error status (raised with its body, unless options.on_status skips it), or no
+        // content: no rows.
         let response = head.read_all(request).await?;
+        if fetch.spec.skip.skips(response.status) {
+            page.skipped = Some(format!(
+                "HTTP {} from {}",
+                response.status,
+                request.display_url()
+            ));
+            page.read = response.body.len() as u64;
+            return Ok(Some(facts(None, &response.headers, &response.final_url)));
+        }
         parse_document(&response, request)?;
         let facts = facts(None, &response.headers, &response.final_url);
         page.read = response.body.len() as u64;
@@ -555,12 +724,7 @@ async fn read_page(
             whole.extend_from_slice(&piece);
         }
         let (rows, facts) = whole_page(fetch, request, whole, &headers, &final_url, facts)?;
-        let part = Page {
-            rows,
-            bytes: 0,
-            requests: 0,
-            continues: true,
-        };
+        let part = page.part(rows);
         page.read = body.read;
         return Ok(page.put(part).await.ok().map(|()| facts));
     };

@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod paging;
+pub mod template;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::policy::NetworkPolicy;
 
 pub use format::{BodyFormat, CsvDialect, Decompress, Format};
 pub use paging::{Paging, PagingKind, ParamPlace};
+pub use template::{FanOut, ParamSet, ParamSets};
 
 /// What the session's settings allow; read on the backend thread before anything else.
 #[derive(Debug, Clone)]
@@ -135,10 +137,15 @@ pub struct OAuth2 {
 /// Everything `api_fetch` needs besides the row type.
 #[derive(Debug)]
 pub struct FetchSpec {
+    /// The request; with `fan_out`, the first parameter set's (each set has its own).
     pub request: RequestSpec,
     pub path: RowPath,
-    /// `options.columns`: column name → JSONPath relative to the row.
-    pub columns: Vec<(String, RowPath)>,
+    /// `options.columns`: column name → a JSONPath relative to the row, or a parameter.
+    pub columns: Vec<(String, ColumnSource)>,
+    /// `params`: one request (with its pages) per parameter set.
+    pub fan_out: Option<FanOut>,
+    /// `options.on_status`: error statuses whose request yields no rows.
+    pub skip: SkipStatuses,
     /// None: one request.
     pub paging: Option<Paging>,
     pub max_pages: u32,
@@ -151,7 +158,7 @@ pub struct FetchSpec {
 /// `options`: every key of DESIGN.md §2.1; anything else is an error, so a typo is never ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Options {
+pub(crate) struct Options {
     timeout_ms: Option<u64>,
     retries: Option<u32>,
     retry_backoff_ms: Option<u64>,
@@ -162,13 +169,83 @@ struct Options {
     max_pages: Option<u32>,
     max_response_bytes: Option<u64>,
     concurrency: Option<u32>,
-    columns: Option<Map<String, Value>>,
+    /// Read by `FetchSpec::parse` before the rest; named here so that it is a known key.
+    #[serde(rename = "columns")]
+    _columns: Option<serde::de::IgnoredAny>,
     form: Option<Map<String, Value>>,
     body_text: Option<String>,
     content_type: Option<String>,
     format: Option<String>,
     csv: Option<format::CsvOptions>,
     decompress: Option<String>,
+    on_status: Option<Map<String, Value>>,
+}
+
+/// Where a column of `options.columns` takes its value.
+#[derive(Debug, Clone)]
+pub enum ColumnSource {
+    /// A JSONPath relative to the row.
+    Path(RowPath),
+    /// A parameter of the row's parameter set (`"{name}"`).
+    Param(String),
+}
+
+/// `options.on_status`: 4xx answers (other than 408 and 429, which are retried) that skip their
+/// request instead of failing the call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SkipStatuses {
+    codes: Vec<u16>,
+    /// Codes that stay errors under `"4xx": "skip"`.
+    kept: Vec<u16>,
+    any_4xx: bool,
+}
+
+impl SkipStatuses {
+    fn parse(rules: Option<&Map<String, Value>>) -> Result<SkipStatuses> {
+        let mut skip = SkipStatuses::default();
+        for (status, action) in rules.into_iter().flatten() {
+            let skipping = match action.as_str() {
+                Some("skip") => true,
+                Some("error") => false,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "options.on_status.{status} must be \"skip\" or \"error\""
+                    )))
+                }
+            };
+            if status == "4xx" {
+                skip.any_4xx = skipping;
+                continue;
+            }
+            let code = status
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (400..500).contains(c) && *c != 408 && *c != 429)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "options.on_status takes 4xx statuses other than 408 and 429 (which are retried), and \"4xx\"; not \"{status}\""
+                    ))
+                })?;
+            if skipping {
+                skip.codes.push(code);
+            } else {
+                skip.kept.push(code);
+            }
+        }
+        Ok(skip)
+    }
+
+    /// Whether an answer with `status` skips its request.
+    pub fn skips(&self, status: u16) -> bool {
+        if self.codes.contains(&status) {
+            return true;
+        }
+        self.any_4xx
+            && (400..500).contains(&status)
+            && status != 408
+            && status != 429
+            && !self.kept.contains(&status)
+    }
 }
 
 /// `options.auth` (DESIGN.md §2.5). Secrets by name and OAuth2 come with the secrets store.
@@ -237,16 +314,69 @@ pub fn parse_request(args: RequestArgs<'_>, limits: &Limits) -> Result<RequestSp
 }
 
 impl FetchSpec {
+    /// `params` (a JSON array of parameter sets, or NULL) makes one request per set.
     pub fn parse(
         args: RequestArgs<'_>,
         path: &str,
         paging: Option<&Value>,
+        params: Option<ParamSets>,
         limits: &Limits,
     ) -> Result<FetchSpec> {
         let path = RowPath::parse(path)?;
         let paging = match paging {
             None | Some(Value::Null) => None,
             Some(value) => Some(Paging::parse(value)?),
+        };
+        let given_columns = args
+            .options
+            .as_ref()
+            .and_then(|o| o.get("columns"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let columns = given_columns
+            .into_iter()
+            .map(|(column, source)| match source {
+                Value::String(text) => match template::column_param(&text) {
+                    Some(name) => Ok((column, ColumnSource::Param(name.to_string()))),
+                    None => Ok((column, ColumnSource::Path(RowPath::parse(&text)?))),
+                },
+                other => Err(Error::invalid(format!(
+                    "options.columns.{column} must be a JSONPath or \"{{parameter}}\" string, not {}",
+                    json_kind(&other)
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let column_params: Vec<String> = columns
+            .iter()
+            .filter_map(|(_, source)| match source {
+                ColumnSource::Param(name) => Some(name.clone()),
+                ColumnSource::Path(_) => None,
+            })
+            .collect();
+        let fan_out = match params {
+            None => {
+                if let Some(name) = column_params.first() {
+                    return Err(Error::invalid(format!(
+                        "options.columns takes parameter \"{name}\", but the call has no params"
+                    )));
+                }
+                None
+            }
+            Some(params) => Some(FanOut::new(params, &args, &column_params, limits)?),
+        };
+        // With params, the arguments are checked as the first set (or, with none, a placeholder
+        // set) expands them; each set's request is made the same way when its turn comes.
+        let mut expanded_url = String::new();
+        let args = match &fan_out {
+            None => args,
+            Some(fan) => {
+                let first = match fan.sets.is_empty() {
+                    true => Arc::new(fan.placeholder()),
+                    false => fan.sets.get(0)?,
+                };
+                fan.args(&first, &mut expanded_url)?
+            }
         };
         let (request, mut options) = parse_common(args, limits)?;
         let body_format = BodyFormat::parse(
@@ -259,18 +389,7 @@ impl FetchSpec {
             Some(jsonl @ Format::Jsonl) => format::check_records(jsonl, paging.as_ref())?,
             _ => {}
         }
-        let columns = options
-            .columns
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(column, path)| match path {
-                Value::String(path) => Ok((column, RowPath::parse(&path)?)),
-                other => Err(Error::invalid(format!(
-                    "options.columns.{column} must be a JSONPath string, not {}",
-                    json_kind(&other)
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let skip = SkipStatuses::parse(options.on_status.as_ref())?;
         let max_pages = paging
             .as_ref()
             .and_then(|p| p.max_pages)
@@ -290,16 +409,23 @@ impl FetchSpec {
             )));
         }
         if let Some(paging) = &paging {
-            paging.check_against(&request, concurrency)?;
-        } else if options.max_pages.is_some() || options.concurrency.is_some() {
+            // With params, concurrency runs parameter sets at once; a set's pages follow one
+            // another.
+            let paged_at_once = if fan_out.is_some() { 1 } else { concurrency };
+            paging.check_against(&request, paged_at_once)?;
+        } else if options.max_pages.is_some()
+            || (options.concurrency.is_some() && fan_out.is_none())
+        {
             return Err(Error::invalid(
-                "options.max_pages and options.concurrency need a paging spec",
+                "options.max_pages and options.concurrency need a paging spec (or, for concurrency, params)",
             ));
         }
         Ok(FetchSpec {
             request,
             path,
             columns,
+            fan_out,
+            skip,
             paging,
             max_pages,
             concurrency,
@@ -322,7 +448,10 @@ pub fn secret_names(options: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn parse_common(args: RequestArgs<'_>, limits: &Limits) -> Result<(RequestSpec, Options)> {
+pub(crate) fn parse_common(
+    args: RequestArgs<'_>,
+    limits: &Limits,
+) -> Result<(RequestSpec, Options)> {
     let options = parse_options(args.options)?;
     let method = parse_method(args.method.unwrap_or("GET"))?;
     let mut url = parse_url(args.url)?;
@@ -1145,28 +1274,34 @@ mod tests {
             url: Some("http://h/"),
             ..Default::default()
         };
-        let err = FetchSpec::parse(args(), "$.data[", None, &limits()).unwrap_err();
+        let err = FetchSpec::parse(args(), "$.data[", None, None, &limits()).unwrap_err();
         assert_eq!(err.state, SqlState::SyntaxError);
-        let err =
-            FetchSpec::parse(args(), "$", Some(&json!({"type": "pages"})), &limits()).unwrap_err();
+        let err = FetchSpec::parse(
+            args(),
+            "$",
+            Some(&json!({"type": "pages"})),
+            None,
+            &limits(),
+        )
+        .unwrap_err();
         assert!(err.message.contains("unknown paging type \"pages\""));
         let concurrent =
             json!({"type": "cursor", "cursor_path": "$.c", "cursor_param": "c", "concurrency": 4});
-        let err = FetchSpec::parse(args(), "$", Some(&concurrent), &limits()).unwrap_err();
+        let err = FetchSpec::parse(args(), "$", Some(&concurrent), None, &limits()).unwrap_err();
         assert!(err
             .message
             .contains("needs page_number or offset paging with a known page count"));
         let counted = json!({"type": "page_number", "page_param": "p", "page_size": 10, "total_path": "$.total", "concurrency": 4});
-        let spec = FetchSpec::parse(args(), "$", Some(&counted), &limits()).unwrap();
+        let spec = FetchSpec::parse(args(), "$", Some(&counted), None, &limits()).unwrap();
         assert_eq!((spec.concurrency, spec.max_pages), (4, 10));
-        let err = FetchSpec::parse(args(), "$", None, &limits());
+        let err = FetchSpec::parse(args(), "$", None, None, &limits());
         assert!(err.is_ok());
         let lone = RequestArgs {
             url: Some("http://h/"),
             options: Some(json!({"max_pages": 3})),
             ..Default::default()
         };
-        let err = FetchSpec::parse(lone, "$", None, &limits()).unwrap_err();
+        let err = FetchSpec::parse(lone, "$", None, None, &limits()).unwrap_err();
         assert!(
             err.message.contains("need a paging spec"),
             "{}",
@@ -1176,20 +1311,46 @@ mod tests {
             url: Some("http://169.254.169.254/latest"),
             ..Default::default()
         };
-        let err = FetchSpec::parse(metadata, "$", None, &limits()).unwrap_err();
+        let err = FetchSpec::parse(metadata, "$", None, None, &limits()).unwrap_err();
         assert_eq!(err.state, SqlState::InsufficientPrivilege);
         let with_columns = RequestArgs {
             url: Some("http://h/"),
             options: Some(json!({"columns": {"b": "$.x.y", "a": "$.z"}})),
             ..Default::default()
         };
-        let spec = FetchSpec::parse(with_columns, "$.data", None, &limits()).unwrap();
+        let spec = FetchSpec::parse(with_columns, "$.data", None, None, &limits()).unwrap();
         let mut mapped: Vec<(&str, &str)> = spec
             .columns
             .iter()
-            .map(|(name, path)| (name.as_str(), path.text()))
+            .map(|(name, source)| match source {
+                ColumnSource::Path(path) => (name.as_str(), path.text()),
+                ColumnSource::Param(param) => (name.as_str(), param.as_str()),
+            })
             .collect();
         mapped.sort();
         assert_eq!(mapped, [("a", "$.z"), ("b", "$.x.y")]);
+        let unparameterized = RequestArgs {
+            url: Some("http://h/"),
+            options: Some(json!({"columns": {"user_id": "{id}"}})),
+            ..Default::default()
+        };
+        let err = FetchSpec::parse(unparameterized, "$", None, None, &limits()).unwrap_err();
+        assert!(err.message.contains("has no params"), "{}", err.message);
+    }
+
+    #[test]
+    fn on_status_skips_only_4xx_that_are_not_retried() {
+        let skip = |rules: Value| SkipStatuses::parse(rules.as_object());
+        let rules = skip(json!({"404": "skip", "4xx": "skip", "403": "error"})).unwrap();
+        assert!(rules.skips(404) && rules.skips(410) && !rules.skips(403));
+        assert!(!rules.skips(429) && !rules.skips(408) && !rules.skips(500));
+        for bad in [
+            json!({"429": "skip"}),
+            json!({"500": "skip"}),
+            json!({"404": "ignore"}),
+            json!({"x": "skip"}),
+        ] {
+            assert!(skip(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 CREATE ROLE regress_user;
 CREATE ROLE regress_plain;
 GRANT CREATE ON SCHEMA public TO regress_user, regress_plain;
-GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement) TO regress_user;
+GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb) TO regress_user;
 GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO regress_user;
 SET ROLE regress_user;
 CREATE FUNCTION pg_temp.try(statement text) RETURNS text LANGUAGE plpgsql AS $$
