@@ -80,6 +80,20 @@ slow_paging() { echo "{\"type\": \"offset\", \"offset_param\": \"offset\", \"pag
 latency_1=$(timed "SELECT 1" "SELECT count(*) FROM api_fetch('$slow', path => '\$.data', paging => '$(slow_paging 1)')")
 latency_8=$(timed "SELECT 1" "SELECT count(*) FROM api_fetch('$slow', path => '\$.data', paging => '$(slow_paging 8)')")
 
+# Fan-out: 1,000 parameter sets against an endpoint that answers in 50 ms, row by row with
+# LATERAL, and as one call at concurrency 16.
+child="$api_url/rows?n=1&ms=50&offset="
+lateral_ms=$(timed "SELECT 1" "SELECT count(*) FROM generate_series(1, 1000) g CROSS JOIN LATERAL api_fetch('$child' || g, path => '\$.data') r")
+sets() { echo "(SELECT jsonb_agg(jsonb_build_object('id', g)) FROM generate_series(1, $1) g)"; }
+fan_ms=$(timed "SELECT 1" "SELECT count(*) FROM api_fetch('$child{id}', path => '\$.data', params => $(sets 1000), options => '{\"concurrency\": 16}')")
+# Peak memory of a fresh backend fanning out over 1,000 and 100,000 sets (no latency).
+fan_peak_kb() {
+    psql_run -qtA -c "SELECT count(*) FROM api_fetch('$api_url/rows?n=1&offset={id}', path => '\$.data', params => $(sets "$1"), options => '{\"concurrency\": 16}')" \
+        -c "SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+)'))[1]" | tail -n 1
+}
+fan_peak_small=$(fan_peak_kb 1000)
+fan_peak_large=$(fan_peak_kb 100000)
+
 # Peak resident memory (VmHWM) of a fresh backend that fetches and converts every row. Without an
 # INSERT: the shared buffers an insert touches would count as the backend's and hide the pipeline.
 peak_kb() {
@@ -120,3 +134,7 @@ printf '| %-58s | %9.0f | %s |\n' "7b. one response of every row, JSON Lines" "$
 printf '| %-58s | %9.0f | %s |\n' "7c. one response of every row, CSV" "${result[export_csv]}" "$(ratio "${result[export_csv]}" "${result[copy]}")× COPY (goal ≤ 1.3)"
 printf '| %-58s | %9s | %s |\n' "8a. peak memory (VmHWM), one response of $(( ROWS / 10 )) rows" "${peak_one_small} kB" ""
 printf '| %-58s | %9s | %s |\n' "8b. peak memory (VmHWM), one response of $ROWS rows" "${peak_one_large} kB" "$(ratio "$peak_one_large" "$peak_one_small")× 8a (goal ≤ 1.5)"
+printf '| %-58s | %9.0f | %s |\n' "9a. 1,000 children × 50 ms, LATERAL api_fetch row by row" "$lateral_ms" ""
+printf '| %-58s | %9.0f | %s |\n' "9b. 1,000 children × 50 ms, params, concurrency 16" "$fan_ms" "$(ratio "$lateral_ms" "$fan_ms")× faster than 9a (goal ≥ 12)"
+printf '| %-58s | %9s | %s |\n' "10a. peak memory (VmHWM), 1,000 parameter sets" "${fan_peak_small} kB" ""
+printf '| %-58s | %9s | %s |\n' "10b. peak memory (VmHWM), 100,000 parameter sets" "${fan_peak_large} kB" "$(ratio "$fan_peak_large" "$fan_peak_small")× 10a (goal ≤ 2)"

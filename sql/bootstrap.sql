@@ -64,8 +64,6 @@ CREATE TABLE apisync.job_runs (
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz,
     requests bigint NOT NULL DEFAULT 0,
-    -- Requests whose answer options.on_status skipped (a 404 child, say).
-    requests_skipped bigint NOT NULL DEFAULT 0,
     pages bigint NOT NULL DEFAULT 0,
     bytes bigint NOT NULL DEFAULT 0,
     rows_fetched bigint NOT NULL DEFAULT 0,
@@ -77,7 +75,10 @@ CREATE TABLE apisync.job_runs (
     sqlstate text,
     pid int,
     -- What cut the fetch short ('max_pages'), for an append or upsert run that wrote what it got.
-    cut_by text
+    cut_by text,
+    -- Requests whose answer options.on_status skipped (a 404 child, say). Last, as an upgrade
+    -- adds it: a fresh and an upgraded installation have the same row type.
+    requests_skipped bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX ON apisync.job_runs (job_id, run_id);
 COMMENT ON TABLE apisync.job_runs IS 'One row per run, manual or scheduled, successful, failed or skipped.';

@@ -33,6 +33,22 @@ SELECT pg_temp.try($$SELECT * FROM api_fetch('http://169.254.169.254/latest/meta
 SELECT pg_temp.try($$SELECT * FROM api_fetch('http://0.0.0.0:9/')$$);
 SELECT pg_temp.try($$SELECT * FROM api_request('http://[::]:9/')$$);
 
+-- formats
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"format": "xml"}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', path => '$.data', options => '{"format": "csv"}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"csv": {"header": false}}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"decompress": "zip"}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_request('http://127.0.0.1:9/x', options => '{"format": "csv"}')$$);
+
+-- fan-out
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/{id}', params => '{"id": 1}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/{id}', params => '[{"id": 1}, {"di": 2}]')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://{host}:9/x', params => '[{"host": "h"}]', headers => '{"Authorization": "Bearer t"}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"on_status": {"503": "skip"}}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"columns": {"id": "{id}"}}', row_type => NULL::regress_t)$$);
+SELECT pg_temp.try($$SELECT apisync.create_job('j', 'regress_t', 'http://127.0.0.1:9/{id}', options => '{"for_each": "DELETE FROM public.regress_t"}')$$);
+SELECT pg_temp.try($$SELECT apisync.create_job('j', 'regress_t', 'http://127.0.0.1:9/{id}', options => '{"for_each": "SELECT name FROM public.regress_t"}')$$);
+
 -- jobs
 SELECT pg_temp.try($$SELECT apisync.create_job('j', 'regress_t', 'http://127.0.0.1:9/x', write_method => 'merge')$$);
 SELECT pg_temp.try($$SELECT apisync.create_job('j', 'regress_t', 'http://127.0.0.1:9/x', write_method => 'append', key_columns => '{id}')$$);
