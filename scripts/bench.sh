@@ -86,9 +86,12 @@ child="$api_url/rows?n=1&ms=50&offset="
 lateral_ms=$(timed "SELECT 1" "SELECT count(*) FROM generate_series(1, 1000) g CROSS JOIN LATERAL api_fetch('$child' || g, path => '\$.data') r")
 sets() { echo "(SELECT jsonb_agg(jsonb_build_object('id', g)) FROM generate_series(1, $1) g)"; }
 fan_ms=$(timed "SELECT 1" "SELECT count(*) FROM api_fetch('$child{id}', path => '\$.data', params => $(sets 1000), options => '{\"concurrency\": 16}')")
-# Peak memory of a fresh backend fanning out over 1,000 and 100,000 sets (no latency).
+# Peak memory of a fresh backend fanning out over 1,000 and 100,000 sets (no latency). The sets
+# are made beforehand: jsonb_agg of 100,000 objects alone peaks at ~100 MB, which would hide
+# what the fan-out takes.
+psql_run -q -c "CREATE TABLE fan_params AS SELECT n, $(sets n) AS params FROM (VALUES (1000), (100000)) v(n)"
 fan_peak_kb() {
-    psql_run -qtA -c "SELECT count(*) FROM api_fetch('$api_url/rows?n=1&offset={id}', path => '\$.data', params => $(sets "$1"), options => '{\"concurrency\": 16}')" \
+    psql_run -qtA -c "SELECT count(*) FROM api_fetch('$api_url/rows?n=1&offset={id}', path => '\$.data', params => (SELECT params FROM fan_params WHERE n = $1), options => '{\"concurrency\": 16}')" \
         -c "SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+)'))[1]" | tail -n 1
 }
 fan_peak_small=$(fan_peak_kb 1000)
