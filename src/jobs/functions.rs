@@ -33,9 +33,12 @@ pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<(Checked, FetchSp
     // name the query does not give is an error here, before any run.
     let params = match &spec.options.for_each {
         Some(query) => {
+            // The incremental cursor joins every set under its param's name.
+            let cursor = spec.options.incremental.as_ref().map(|i| i.param.clone());
             let placeholder: serde_json::Map<String, serde_json::Value> =
                 super::for_each::columns(query)?
                     .into_iter()
+                    .chain(cursor)
                     .map(|column| (column, serde_json::Value::from("x")))
                     .collect();
             Some(crate::spec::ParamSets::for_each(

@@ -336,3 +336,57 @@ fn one_rate_limit_spans_every_parameter_set() {
         started.elapsed()
     );
 }
+
+#[test]
+fn for_each_works_with_commit_every_max_rejected_and_incremental() {
+    let mut client = user();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE fs_users (id int PRIMARY KEY);
+             INSERT INTO fs_users SELECT generate_series(1, 57);
+             CREATE TABLE fs_orders (user_id int, order_id bigint, amount numeric CHECK (amount < 30));
+             SELECT apisync.create_job('fs_orders', 'fs_orders', {orders}, path => '$.orders',
+                 options => '{{\"for_each\": \"SELECT id FROM public.fs_users\", \"commit_every\": 5,
+                               \"max_rejected\": 100, \"columns\": {{\"user_id\": \"{{id}}\"}}}}');
+             CREATE TABLE fs_echo (query jsonb, method text, joined text);
+             SELECT apisync.create_job('fs_echo', 'fs_echo', {echo}, write_method => 'append',
+                 options => '{{\"for_each\": \"SELECT id FROM public.fs_users WHERE id <= 2\",
+                               \"incremental\": {{\"cursor_column\": \"method\", \"param\": \"after\", \"initial\": \"A\"}},
+                               \"columns\": {{\"joined\": \"{{after}}\"}}}}');",
+            orders = url("/users/{id}/orders"),
+            echo = url("/echo{?id}"),
+        ))
+        .unwrap();
+    // Orders of amount (id + n).50 ≥ 30 fail the CHECK and are set aside; 57 pages in steps of 5.
+    let rejected = (1..=57u64)
+        .flat_map(|id| (1..=id % 3).map(move |n| id + n))
+        .filter(|sum| *sum >= 30)
+        .count() as i64;
+    let row = client
+        .query_one(
+            "SELECT status, pages, rows_inserted, rows_rejected FROM apisync.run_job('fs_orders')",
+            &[],
+        )
+        .unwrap();
+    let orders = expected_orders(1..=57).split(',').count() as i64;
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3)
+        ),
+        ("succeeded".into(), 57, orders - rejected, rejected)
+    );
+    // The incremental cursor goes with every request and joins every set.
+    for _ in 0..2 {
+        client
+            .batch_execute("SELECT apisync.run_job('fs_echo')")
+            .unwrap();
+    }
+    let seen: String = one(
+        &mut client,
+        "SELECT string_agg((query->>'id') || ':' || (query->>'after') || ':' || joined, ',' ORDER BY ctid) FROM fs_echo",
+    );
+    assert_eq!(seen, "1:A:A,2:A:A,1:GET:GET,2:GET:GET");
+}
