@@ -3,17 +3,6 @@
 use super::*;
 use harness::Client;
 
-fn user() -> Client {
-    connect_as("api_user")
-}
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut Client, sql: &str) -> T {
-    client
-        .query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {:?}", e.as_db_error().map(|d| d.message())))
-        .get(0)
-}
-
 fn url(path: &str) -> String {
     lit(&api().url(path))
 }

@@ -8,17 +8,6 @@ use harness::Client;
 const BENCH_TABLE: &str = "(id bigint PRIMARY KEY, name text, score numeric, email text,
                             created_at timestamptz, active boolean, tags text[])";
 
-fn user() -> Client {
-    connect_as("api_user")
-}
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut Client, sql: &str) -> T {
-    client
-        .query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {:?}", e.as_db_error().map(|d| d.message())))
-        .get(0)
-}
-
 fn export(path: &str) -> String {
     lit(&api().url(path))
 }

@@ -14,6 +14,19 @@ fn text(sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A connection as the unprivileged role that may reach the network.
+fn user() -> harness::Client {
+    connect_as("api_user")
+}
+
+/// The one value of a query, on `client`; a failure names the statement and the server's message.
+fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut harness::Client, sql: &str) -> T {
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {:?}", e.as_db_error().map(|d| d.message())))
+        .get(0)
+}
+
 /// The (sqlstate, message, detail) of a statement that must fail.
 fn fails(sql: &str) -> (String, String, String) {
     sql_error(connect().batch_execute(sql))
