@@ -61,19 +61,25 @@ impl Write for Limited {
 }
 
 impl<'a> BodyStream<'a> {
+    /// The body of `response`; a Content-Length over the size limit is refused before any read.
     pub fn new(
         response: reqwest::Response,
         spec: &'a RequestSpec,
         decompress: Option<Decompress>,
-    ) -> BodyStream<'a> {
-        BodyStream {
+    ) -> Result<BodyStream<'a>> {
+        if let Some(length) = response.content_length() {
+            if length > spec.max_response_bytes {
+                return Err(too_large(spec, Some(length)));
+            }
+        }
+        Ok(BodyStream {
             response,
             spec,
             decompress,
             state: State::Start,
             lead: Vec::new(),
             read: 0,
-        }
+        })
     }
 
     /// The next piece of the body, `None` at its end. Each piece arrives within the timeout of
@@ -223,7 +229,7 @@ fn stalled(spec: &RequestSpec, idle: Duration) -> Error {
     .transient()
 }
 
-pub(super) fn too_large(spec: &RequestSpec, length: Option<u64>) -> Error {
+fn too_large(spec: &RequestSpec, length: Option<u64>) -> Error {
     let limit = spec.max_response_bytes;
     let size = match length {
         Some(length) => format!(" (Content-Length {length})"),

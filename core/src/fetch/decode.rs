@@ -11,7 +11,7 @@ use super::PageRows;
 use crate::error::{Error, Result, SqlState};
 use crate::extract::cells::{self, FieldPage, Layout, Plan};
 use crate::extract::RowPath;
-use crate::spec::{CsvDialect, Format};
+use crate::spec::{CsvDialect, Format, RequestSpec};
 
 /// The text a batch of rows holds, about: small enough that a few in flight stay small, large
 /// enough that the per-batch costs vanish.
@@ -30,8 +30,14 @@ pub struct Shape<'a> {
     /// Typed rows in cells (`None`: rows as JSON values).
     pub plan: Option<&'a Plan>,
     pub path: &'a RowPath,
-    /// The URL as errors show it.
-    pub url: String,
+    /// The request: its URL as errors show it, and the secrets they never show.
+    pub request: &'a RequestSpec,
+}
+
+impl Shape<'_> {
+    fn url(&self) -> String {
+        self.request.display_url()
+    }
 }
 
 /// The reader of one body in its format.
@@ -42,32 +48,22 @@ pub enum Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
-    /// The decoder of a body in `format`; `None` for a JSON path that cannot stream (not a chain
-    /// of names, or read by paging inside its rows): that body is read whole.
+    /// The decoder of a body in `format` (checked against the path and paging by
+    /// `format::check`); `None` for a JSON path that cannot stream (not a chain of names, or read
+    /// by paging inside its rows): that body is read whole.
     pub fn new(
         format: &Format,
         shape: Shape<'a>,
         route: Option<(Vec<String>, bool)>,
-    ) -> Result<Option<Decoder<'a>>> {
-        Ok(Some(match format {
+    ) -> Option<Decoder<'a>> {
+        Some(match format {
             Format::Json => {
-                let Some((route, star)) = route else {
-                    return Ok(None);
-                };
+                let (route, star) = route?;
                 Decoder::Json(JsonRows::new(shape, route, star))
             }
             Format::Jsonl => Decoder::Lines(Lines::new(shape)),
-            Format::Csv(dialect) => {
-                if shape.path.text().trim() != "$" {
-                    return Err(Error::invalid(format!(
-                        "response from {} is CSV, whose rows are its records: path must be $, not \"{}\"",
-                        shape.url,
-                        shape.path.text()
-                    )));
-                }
-                Decoder::Csv(Box::new(CsvRecords::new(shape, dialect.clone())))
-            }
-        }))
+            Format::Csv(dialect) => Decoder::Csv(Box::new(CsvRecords::new(shape, dialect.clone()))),
+        })
     }
 
     /// Reads the next piece of the body; rows completed so far go to `ready`.
@@ -309,7 +305,7 @@ impl Shape<'_> {
                         SqlState::InvalidJsonText,
                         format!(
                             "response from {} is not valid JSON: row {number} of {}: {e}",
-                            self.url,
+                            self.url(),
                             self.path.text()
                         ),
                     ))
@@ -328,7 +324,7 @@ impl Shape<'_> {
                 SqlState::InvalidJsonText,
                 format!(
                     "line {line} of the response from {} is not valid JSON (format jsonl): {error}",
-                    self.url
+                    self.url()
                 ),
             ),
             raw: Value::String(String::from_utf8_lossy(text).into_owned()),
@@ -489,11 +485,7 @@ impl<'a> JsonRows<'a> {
                 }
                 At::Root => {
                     if b == b'<' {
-                        return Err(Error::new(
-                            SqlState::InvalidJsonText,
-                            format!("response from {} is HTML, not JSON", self.shape.url),
-                        )
-                        .with_hint("check the URL: servers answer with an HTML page for wrong paths and logins"));
+                        return Err(super::not_json(self.shape.request, &self.lead, None));
                     }
                     i += self.value(bytes, i, true)?;
                 }
@@ -620,17 +612,12 @@ impl<'a> JsonRows<'a> {
                 .malformed("is not valid JSON: it ends too early, inside the rows".into())
                 .with_detail(format!(
                     "response body: {}",
-                    crate::error::body_snippet(&self.lead, &[])
-                )));
+                    crate::error::body_snippet(&self.lead, &self.shape.request.secrets)
+                ))
+                .redact(&self.shape.request.secrets));
         }
         if let At::Root = self.at {
-            return Err(Error::new(
-                SqlState::InvalidJsonText,
-                format!(
-                    "response from {} has an empty body, not JSON",
-                    self.shape.url
-                ),
-            ));
+            return Err(super::not_json(self.shape.request, &self.lead, None));
         }
         serde_json::from_slice(&self.outer).map_err(|e| self.invalid(&e))
     }
@@ -641,25 +628,14 @@ impl<'a> JsonRows<'a> {
             SqlState::InvalidJsonText,
             format!(
                 "response from {} {what} of {}",
-                self.shape.url,
+                self.shape.url(),
                 self.shape.path.text()
             ),
         )
     }
 
     fn invalid(&self, e: &serde_json::Error) -> Error {
-        let message = if e.is_eof() {
-            format!(
-                "response from {} is not valid JSON: it ends too early ({e})",
-                self.shape.url
-            )
-        } else {
-            format!("response from {} is not valid JSON: {e}", self.shape.url)
-        };
-        Error::new(SqlState::InvalidJsonText, message).with_detail(format!(
-            "response body: {}",
-            crate::error::body_snippet(&self.lead, &[])
-        ))
+        super::not_json(self.shape.request, &self.lead, Some(e))
     }
 }
 
@@ -863,7 +839,7 @@ impl<'a> CsvRecords<'a> {
                     SqlState::NotUtf8,
                     format!(
                         "the header of the CSV response from {} is not valid UTF-8",
-                        self.shape.url
+                        self.shape.url()
                     ),
                 ));
             };
@@ -895,7 +871,7 @@ impl<'a> CsvRecords<'a> {
                 SqlState::NotUtf8,
                 format!(
                     "record {record} (line {line}) of the CSV response from {} is not valid UTF-8",
-                    self.shape.url
+                    self.shape.url()
                 ),
             ));
             self.flush(ready);
@@ -907,7 +883,7 @@ impl<'a> CsvRecords<'a> {
                 SqlState::BadCsvRecord,
                 format!(
                     "record {record} (line {line}) of the CSV response from {} has {} fields, not {} as the header",
-                    self.shape.url,
+                    self.shape.url(),
                     fields.len(),
                     keys.len()
                 ),
@@ -990,13 +966,18 @@ mod tests {
         piece: usize,
     ) -> (Vec<Value>, Result<Option<Value>>) {
         let path = path(path_text);
+        let args = crate::spec::RequestArgs {
+            url: Some("http://h/x"),
+            ..Default::default()
+        };
+        let request = crate::spec::parse_request(args, &crate::spec::test_limits()).unwrap();
         let shape = Shape {
             plan,
             path: &path,
-            url: "http://h/x".into(),
+            request: &request,
         };
         let route = cells::route_of(&path, None);
-        let mut decoder = Decoder::new(&format, shape, route).unwrap().unwrap();
+        let mut decoder = Decoder::new(&format, shape, route).unwrap();
         let mut ready = Vec::new();
         let mut rows = Vec::new();
         let mut take = |ready: &mut Vec<PageRows>| {
@@ -1113,6 +1094,33 @@ mod tests {
             );
             assert_eq!(err.state, SqlState::InvalidJsonText);
         }
+    }
+
+    #[test]
+    fn streamed_errors_never_show_a_secret() {
+        let args = crate::spec::RequestArgs {
+            url: Some("http://h/x"),
+            ..Default::default()
+        };
+        let mut request = crate::spec::parse_request(args, &crate::spec::test_limits()).unwrap();
+        request.secrets.push("s3cret".into());
+        let path = path("$.data");
+        let shape = Shape {
+            plan: None,
+            path: &path,
+            request: &request,
+        };
+        let mut decoder = Decoder::new(&Format::Json, shape, cells::route_of(&path, None)).unwrap();
+        let mut ready = Vec::new();
+        let body = br#"{"echo": "s3cret", "data": [1], "x": oops}"#;
+        decoder.feed(body, &mut ready).unwrap();
+        let err = decoder.finish(&mut ready).unwrap_err();
+        assert!(err.message.contains("is not valid JSON"), "{}", err.message);
+        let detail = err.detail.unwrap_or_default();
+        assert!(
+            detail.contains("***") && !detail.contains("s3cret"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -53,13 +53,10 @@ impl Head {
 
     /// The whole body, as sent (no file decompression), within the size limit.
     pub async fn read_all(self, spec: &RequestSpec) -> Result<Response> {
-        if let Some(length) = self.response.content_length() {
-            if length > spec.max_response_bytes {
-                return Err(super::body::too_large(spec, Some(length)));
-            }
-        }
-        let mut body = Vec::with_capacity(self.response.content_length().unwrap_or(0) as usize);
-        let mut stream = super::body::BodyStream::new(self.response, spec, None);
+        let length = self.response.content_length();
+        // Checked against the limit first: the capacity is reserved only for a body within it.
+        let mut stream = super::body::BodyStream::new(self.response, spec, None)?;
+        let mut body = Vec::with_capacity(length.unwrap_or(0) as usize);
         while let Some(piece) = stream.next().await? {
             body.extend_from_slice(&piece);
         }

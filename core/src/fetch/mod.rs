@@ -135,6 +135,20 @@ pub enum PageRows {
     Bad(BadRecord),
 }
 
+impl Page {
+    /// A part of a page whose body is still arriving: its counts are filled in as it is sent.
+    fn part(rows: PageRows) -> Page {
+        Page {
+            rows,
+            bytes: 0,
+            requests: 0,
+            continues: true,
+            params: None,
+            skipped: None,
+        }
+    }
+}
+
 impl PageRows {
     pub fn len(&self) -> usize {
         match self {
@@ -586,12 +600,9 @@ async fn fetch_page(
             Ok(Some(facts)) => {
                 let rows = page.rows;
                 let closing = Page {
-                    rows: PageRows::default(),
-                    bytes: 0,
-                    requests: 0,
                     continues: false,
-                    params: None,
                     skipped: page.skipped.take(),
+                    ..Page::part(PageRows::default())
                 };
                 if page.put(closing).await.is_err() {
                     return Ok(None);
@@ -625,22 +636,10 @@ struct PageRead<'s, 't> {
 }
 
 impl PageRead<'_, '_> {
-    fn part(&self, rows: PageRows) -> Page {
-        Page {
-            rows,
-            bytes: 0,
-            requests: 0,
-            continues: true,
-            params: None,
-            skipped: None,
-        }
-    }
-
     /// Puts every batch of `ready`, as parts of the page.
     async fn put_all(&mut self, ready: &mut Vec<PageRows>) -> std::result::Result<(), Closed> {
         for rows in ready.drain(..) {
-            let part = self.part(rows);
-            self.put(part).await?;
+            self.put(Page::part(rows)).await?;
         }
         Ok(())
     }
@@ -682,13 +681,11 @@ async fn read_page(
                 response.status,
                 request.display_url()
             ));
-            page.read = response.body.len() as u64;
-            return Ok(Some(facts(None, &response.headers, &response.final_url)));
+        } else {
+            parse_document(&response, request)?;
         }
-        parse_document(&response, request)?;
-        let facts = facts(None, &response.headers, &response.final_url);
         page.read = response.body.len() as u64;
-        return Ok(Some(facts));
+        return Ok(Some(facts(None, &response.headers, &response.final_url)));
     }
     let spec = fetch.spec;
     let content_type = head
@@ -696,27 +693,20 @@ async fn read_page(
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let format = spec.body_format.of(content_type);
-    if !matches!(format, crate::spec::Format::Json) {
-        crate::spec::format::check_records(&format, spec.paging.as_ref())?;
-    }
+    crate::spec::format::check(&format, spec.path.text(), spec.paging.as_ref())?;
     let shape = Shape {
         plan: fetch.plan,
         path: &spec.path,
-        url: request.display_url(),
+        request,
     };
-    let decoder = Decoder::new(&format, shape, fetch.route.cloned())?;
+    let decoder = Decoder::new(&format, shape, fetch.route.cloned());
     let Head {
         headers,
         final_url,
         response,
         ..
     } = head;
-    if let Some(length) = response.content_length() {
-        if length > request.max_response_bytes {
-            return Err(body::too_large(request, Some(length)));
-        }
-    }
-    let mut body = BodyStream::new(response, request, Some(spec.body_format.decompress));
+    let mut body = BodyStream::new(response, request, Some(spec.body_format.decompress))?;
     let Some(mut decoder) = decoder else {
         // A path that cannot stream: the body is read whole, as one part.
         let mut whole = Vec::new();
@@ -724,9 +714,8 @@ async fn read_page(
             whole.extend_from_slice(&piece);
         }
         let (rows, facts) = whole_page(fetch, request, whole, &headers, &final_url, facts)?;
-        let part = page.part(rows);
         page.read = body.read;
-        return Ok(page.put(part).await.ok().map(|()| facts));
+        return Ok(page.put(Page::part(rows)).await.ok().map(|()| facts));
     };
     let mut ready = Vec::new();
     loop {
@@ -780,24 +769,13 @@ fn whole_page(
         },
         None => body,
     };
-    let response = Response {
-        status: 200,
-        reason: "OK",
-        headers: HeaderMap::new(),
-        body,
-        final_url: String::new(),
-        elapsed: Duration::ZERO,
-        attempts: 1,
-    };
-    let doc = parse_document(&response, request)?;
-    let facts = facts(doc.as_ref(), headers, final_url);
-    let rows = doc.map(|doc| fetch.spec.path.rows(doc)).unwrap_or_default();
-    Ok((PageRows::Values(rows), facts))
+    let doc = parse_json(&body, request)?;
+    let facts = facts(Some(&doc), headers, final_url);
+    Ok((PageRows::Values(fetch.spec.path.rows(doc)), facts))
 }
 
 /// The JSON document of a successful response; `None` for 204 No Content.
 pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<Value>> {
-    let url = spec.display_url();
     if !(200..300).contains(&response.status) {
         let tries = match response.attempts {
             0 | 1 => String::new(),
@@ -806,7 +784,11 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
         let status = format!("{} {}", response.status, response.reason);
         return Err(Error::new(
             SqlState::ExternalRoutineException,
-            format!("HTTP {} from {url}{tries}", status.trim_end()),
+            format!(
+                "HTTP {} from {}{tries}",
+                status.trim_end(),
+                spec.display_url()
+            ),
         )
         .with_detail(format!(
             "response body: {}",
@@ -817,48 +799,59 @@ pub fn parse_document(response: &Response, spec: &RequestSpec) -> Result<Option<
     if response.status == 204 {
         return Ok(None);
     }
-    // The first byte that is not white space tells empty and HTML apart, without a pass over the
-    // whole body.
-    let first = response
-        .body
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .copied();
-    if first.is_none() {
-        return Err(Error::new(
-            SqlState::InvalidJsonText,
-            format!("response from {url} has an empty body, not JSON"),
-        ));
+    parse_json(&response.body, spec).map(Some)
+}
+
+/// A successful response's body as JSON.
+fn parse_json(body: &[u8], spec: &RequestSpec) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(not_json(spec, body, None));
     }
-    serde_json::from_slice(&response.body)
-        .map(Some)
-        .map_err(|e| {
-            let error = if first == Some(b'<') {
-                Error::new(
-                    SqlState::InvalidJsonText,
-                    format!("response from {url} is HTML, not JSON"),
-                )
-                .with_hint(
-                    "check the URL: servers answer with an HTML page for wrong paths and logins",
-                )
-            } else if e.is_eof() {
-                Error::new(
-                    SqlState::InvalidJsonText,
-                    format!("response from {url} is not valid JSON: it ends too early ({e})"),
-                )
-            } else {
-                Error::new(
-                    SqlState::InvalidJsonText,
-                    format!("response from {url} is not valid JSON: {e}"),
-                )
-            };
-            error
-                .with_detail(format!(
-                    "response body: {}",
-                    response.body_snippet(&spec.secrets)
-                ))
-                .redact(&spec.secrets)
-        })
+    serde_json::from_slice(body).map_err(|e| not_json(spec, body, Some(&e)))
+}
+
+/// Why a successful response's body is not the JSON it should be — empty, HTML, cut short or
+/// malformed — from its first bytes (`start`, also the detail, without secrets) and serde's error.
+/// Bodies read whole and bodies streamed say it alike.
+pub(crate) fn not_json(
+    spec: &RequestSpec,
+    start: &[u8],
+    cause: Option<&serde_json::Error>,
+) -> Error {
+    let url = spec.display_url();
+    // The first byte that is not white space tells empty and HTML apart.
+    let first = start.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let error = match (first, cause) {
+        (None, _) => {
+            return Error::new(
+                SqlState::InvalidJsonText,
+                format!("response from {url} has an empty body, not JSON"),
+            )
+        }
+        (Some(b'<'), _) => Error::new(
+            SqlState::InvalidJsonText,
+            format!("response from {url} is HTML, not JSON"),
+        )
+        .with_hint("check the URL: servers answer with an HTML page for wrong paths and logins"),
+        (_, Some(e)) if e.is_eof() => Error::new(
+            SqlState::InvalidJsonText,
+            format!("response from {url} is not valid JSON: it ends too early ({e})"),
+        ),
+        (_, Some(e)) => Error::new(
+            SqlState::InvalidJsonText,
+            format!("response from {url} is not valid JSON: {e}"),
+        ),
+        (_, None) => Error::new(
+            SqlState::InvalidJsonText,
+            format!("response from {url} is not valid JSON"),
+        ),
+    };
+    error
+        .with_detail(format!(
+            "response body: {}",
+            crate::error::body_snippet(start, &spec.secrets)
+        ))
+        .redact(&spec.secrets)
 }
 
 #[cfg(test)]

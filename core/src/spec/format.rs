@@ -175,9 +175,19 @@ fn dialect(options: CsvOptions) -> Result<CsvDialect> {
     })
 }
 
-/// What CSV cannot do, checked before any request when the format is known: its rows are the
-/// records (`path` `$`), and paging cannot read values from its body.
-pub fn check_csv(path: &str, paging: Option<&Paging>) -> Result<()> {
+/// What a format cannot do with `path` and `paging`: checked before any request when
+/// `options.format` names it, and at the response when its Content-Type does.
+pub fn check(format: &Format, path: &str, paging: Option<&Paging>) -> Result<()> {
+    match format {
+        Format::Json => Ok(()),
+        Format::Jsonl => check_records(format, paging),
+        Format::Csv(_) => check_csv(path, paging),
+    }
+}
+
+/// What CSV cannot do: its rows are the records (`path` `$`), and paging cannot read values from
+/// its body.
+fn check_csv(path: &str, paging: Option<&Paging>) -> Result<()> {
     if path.trim() != "$" {
         return Err(Error::invalid(format!(
             "path must be $ for CSV, not \"{path}\": a CSV body's rows are its records"
@@ -188,7 +198,7 @@ pub fn check_csv(path: &str, paging: Option<&Paging>) -> Result<()> {
 
 /// A body of lines or records has no document for paging to read values from (`total_path`,
 /// `has_more_path`, a cursor or a next URL).
-pub fn check_records(format: &Format, paging: Option<&Paging>) -> Result<()> {
+fn check_records(format: &Format, paging: Option<&Paging>) -> Result<()> {
     let Some(paging) = paging else {
         return Ok(());
     };

@@ -384,10 +384,8 @@ impl FetchSpec {
             options.csv.take(),
             options.decompress.as_deref(),
         )?;
-        match &body_format.format {
-            Some(Format::Csv(_)) => format::check_csv(path.text(), paging.as_ref())?,
-            Some(jsonl @ Format::Jsonl) => format::check_records(jsonl, paging.as_ref())?,
-            _ => {}
+        if let Some(given) = &body_format.format {
+            format::check(given, path.text(), paging.as_ref())?;
         }
         let skip = SkipStatuses::parse(options.on_status.as_ref())?;
         let max_pages = paging

@@ -25,6 +25,8 @@ pub type ParamSet = Arc<Map<String, Value>>;
 pub struct FanOut {
     pub sets: ParamSets,
     template: RequestTemplate,
+    /// Every name the templates and `options.columns` use.
+    names: BTreeSet<String>,
     limits: Limits,
 }
 
@@ -178,6 +180,7 @@ impl FanOut {
                 options: args.options.clone(),
                 secrets: args.secrets.clone(),
             },
+            names,
             limits: limits.clone(),
         })
     }
@@ -224,21 +227,10 @@ impl FanOut {
     /// A set with every name (each `"x"`), for checking the arguments once when there are no
     /// sets.
     pub fn placeholder(&self) -> Map<String, Value> {
-        let mut names = BTreeSet::new();
-        if let Ok(url) = UriTemplateStr::new(&self.template.url) {
-            names.extend(url.variables().map(|n| n.as_str().to_string()));
-        }
-        for value in [
-            &self.template.body,
-            &self.template.headers,
-            &self.template.options,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            text_names(value, &mut names);
-        }
-        names.into_iter().map(|n| (n, Value::from("x"))).collect()
+        self.names
+            .iter()
+            .map(|name| (name.clone(), Value::from("x")))
+            .collect()
     }
 }
 
