@@ -608,10 +608,7 @@ fn incremental_request(
     };
     match incremental.place {
         super::IncrementalPlace::Query if templated => {
-            let text = match cursor {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
+            let text = crate::spec::value_text(&cursor);
             if let Some(options) = request.options.as_object_mut() {
                 let query = options
                     .entry("query")
@@ -648,10 +645,7 @@ pub fn cursor(
         "SELECT {} FROM {target}{filter}",
         incremental.cursor_sql(&column)
     );
-    let lookback = incremental.lookback.as_ref().map(|l| match l {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
+    let lookback = incremental.lookback.as_ref().map(crate::spec::value_text);
     let found = match &lookback {
         Some(lookback) => Spi::get_one_with_args::<JsonB>(&sql, &[lookback.as_str().into()]),
         None => Spi::get_one::<JsonB>(&sql),

@@ -957,6 +957,15 @@ pub fn test_limits() -> Limits {
     }
 }
 
+/// A JSON value as a query parameter or setting takes it: a string as it is, anything else as its
+/// JSON text.
+pub fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

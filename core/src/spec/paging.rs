@@ -200,10 +200,7 @@ impl Paging {
 /// Sets query parameter `name` of `url` to `value` (strings as they are, other values as JSON
 /// text), replacing any it had.
 pub fn set_query(url: &mut url::Url, name: &str, value: &Value) {
-    let text = match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let text = super::value_text(value);
     let kept: Vec<(String, String)> = url
         .query_pairs()
         .filter(|(k, _)| k != name)
