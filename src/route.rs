@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use crate::extract::cells::Plan;
-use crate::fetch::{Event, Http, Page, PageRows, PageStream};
+use crate::fetch::{Cut, Event, Http, Page, PageRows, PageStream};
 use crate::spec::{FetchSpec, ParamSet, RequestArgs};
 use crate::sql::rows::RowMaker;
 use crate::sql::{raise, OrRaise};
@@ -53,7 +53,7 @@ pub struct Rejected {
 }
 
 /// A job run's part of its fetch: its counts (shown in pg_stat_activity as they grow), the rows it
-/// set aside, and whether `max_pages` cut it. An explicit value the run hands down and reads back.
+/// set aside, and whether a limit (`max_pages`, `max_rows`) cut it. An explicit value the run hands down and reads back.
 #[derive(Debug, Default)]
 pub struct RunTally {
     pub run_id: i64,
@@ -63,8 +63,8 @@ pub struct RunTally {
     pub rejected_total: u64,
     /// Set aside since the run last saved them.
     pub rejected: Vec<Rejected>,
-    /// The page limit that cut the fetch, if one did.
-    pub cut_by_max_pages: Option<u32>,
+    /// The limit that cut the fetch, if one did.
+    pub cut: Option<Cut>,
 }
 
 impl RunTally {
@@ -390,10 +390,15 @@ fn next_page(
                 }
                 return Some(*page);
             }
-            Event::Cut { max_pages } => {
+            Event::Cut(cut) => {
                 if let Some(run) = run.as_mut() {
-                    run.cut_by_max_pages = Some(max_pages);
+                    run.cut = Some(cut);
                 }
+                // max_rows asks for a sample: getting it is no news.
+                let Cut::MaxPages(max_pages) = cut else {
+                    pgrx::debug1!("api_fetch stopped after options.max_rows rows");
+                    continue;
+                };
                 pgrx::ereport!(
                     PgLogLevel::WARNING,
                     PgSqlErrorCode::ERRCODE_WARNING,

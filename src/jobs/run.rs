@@ -23,6 +23,7 @@ use super::functions::{build_fetch_spec, check, Checked, FetchRequest};
 use super::write::WriteSql;
 use super::WriteMethod;
 use crate::error::{Error, Result, SqlState};
+use crate::fetch::Cut;
 use crate::roles::{as_role, is_superuser, quote, role_name};
 use crate::route::{lend, start, Fetch, FetchStats, Rejected, Requester, RunTally};
 use crate::settings;
@@ -401,23 +402,33 @@ fn run(
 /// What cut the fetch, for the run row; a cut `replace` or `mirror` fails instead (its
 /// transaction is undone, the target unchanged): they need all the data.
 fn cut_by(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Option<&'static str> {
-    let max_pages = fetch.borrow().run.as_ref()?.cut_by_max_pages?;
+    let cut = fetch.borrow().run.as_ref()?.cut?;
     if matches!(
         checked.spec.write,
         WriteMethod::Replace | WriteMethod::Mirror
     ) {
+        let (stopped, hint) = match cut {
+            Cut::MaxPages(max) => (
+                format!("after {max} pages (max_pages)"),
+                "raise max_pages in the paging spec, or apisync.max_pages",
+            ),
+            Cut::MaxRows(max) => (
+                format!("after {max} rows (options.max_rows)"),
+                "raise or remove options.max_rows",
+            ),
+        };
         crate::sql::raise(
             Error::new(
                 SqlState::ProgramLimitExceeded,
                 format!(
-                    "the fetch stopped after {max_pages} pages (max_pages) while the API had more: {} needs all the data, so the target was left as it was",
+                    "the fetch stopped {stopped} while the API had more: {} needs all the data, so the target was left as it was",
                     checked.spec.write.name()
                 ),
             )
-            .with_hint("raise max_pages in the paging spec, or apisync.max_pages"),
+            .with_hint(hint),
         );
     }
-    Some("max_pages")
+    Some(cut.option())
 }
 
 fn save_rejects(run_id: i64, owner: Oid, fetch: &Rc<RefCell<Fetch>>) -> i64 {

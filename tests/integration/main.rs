@@ -53,6 +53,7 @@ mod faults;
 mod formats;
 mod incremental;
 mod jobs;
+mod onboarding;
 mod paging;
 mod policy;
 mod privileges;

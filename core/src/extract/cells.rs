@@ -229,6 +229,11 @@ impl Compact {
         self.rows.is_empty()
     }
 
+    /// Keeps the first `len` rows.
+    pub fn truncate(&mut self, len: usize) {
+        self.rows.truncate(len);
+    }
+
     /// The cells of row `row`, one per column; `None` for a row to take as a JSON value.
     pub fn cells(&self, row: usize) -> Option<&[Cell]> {
         let start = self.rows[row]? as usize;
@@ -304,7 +309,10 @@ impl Compact {
     /// Every row as a JSON value.
     pub fn into_values(self) -> Vec<Value> {
         self.general();
-        self.general.into_inner().unwrap_or_default()
+        let len = self.len();
+        let mut rows = self.general.into_inner().unwrap_or_default();
+        rows.truncate(len);
+        rows
     }
 }
 

@@ -9,6 +9,7 @@ mod pager;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -162,6 +163,16 @@ impl PageRows {
         self.len() == 0
     }
 
+    /// Keeps the first `len` rows.
+    fn truncate(&mut self, len: usize) {
+        match self {
+            PageRows::Values(rows) => rows.truncate(len),
+            PageRows::Compact(page) => page.truncate(len),
+            PageRows::Bad(_) if len == 0 => *self = PageRows::default(),
+            PageRows::Bad(_) => {}
+        }
+    }
+
     #[cfg(test)]
     pub fn into_values(self) -> Vec<Value> {
         match self {
@@ -178,19 +189,36 @@ impl Default for PageRows {
     }
 }
 
-/// What crosses the channel: pages in order, then possibly the news that `max_pages` cut the data.
+/// What crosses the channel: pages in order, then possibly the news that a limit cut the data.
 #[derive(Debug)]
 pub enum Event {
     Page(Box<Page>),
-    /// The page limit was reached while the API had more.
-    Cut {
-        max_pages: u32,
-    },
+    /// A limit was reached while the API had more.
+    Cut(Cut),
     /// Paging ended by itself after `pages` pages, for `reason` (empty page, short page, ...).
     Finished {
         pages: u64,
         reason: &'static str,
     },
+}
+
+/// The limit that stopped a fetch while the API had more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// `max_pages` pages were fetched.
+    MaxPages(u32),
+    /// `options.max_rows` rows were delivered.
+    MaxRows(u64),
+}
+
+impl Cut {
+    /// The option's name, as run rows and messages say it.
+    pub fn option(&self) -> &'static str {
+        match self {
+            Cut::MaxPages(_) => "max_pages",
+            Cut::MaxRows(_) => "max_rows",
+        }
+    }
 }
 
 /// Pages produced on the runtime, consumed in order by the backend thread. Dropping it (the query
@@ -213,6 +241,7 @@ impl PageStream {
         let tx = Sender {
             events,
             returned: Mutex::new(returned),
+            max_rows: spec.max_rows.map(|max| (max, AtomicU64::new(max))),
         };
         let task = http.runtime.spawn(async move {
             let route = cells::route_of(&spec.path, spec.paging.as_ref());
@@ -272,6 +301,8 @@ impl Drop for PageStream {
 struct Sender {
     events: mpsc::Sender<Result<Event>>,
     returned: Mutex<mpsc::UnboundedReceiver<PageRows>>,
+    /// `options.max_rows`, and the rows that may still go to the reader.
+    max_rows: Option<(u64, AtomicU64)>,
 }
 
 impl Sender {
@@ -288,10 +319,51 @@ impl Sender {
         }
         self.events.send(event).await
     }
+
+    /// Cuts `rows` to what `options.max_rows` still lets through; `Err` when rows were dropped.
+    fn take(&self, rows: &mut PageRows) -> Flow<()> {
+        let Some((max, left)) = &self.max_rows else {
+            return Ok(());
+        };
+        // One task sends: no other update comes between the load and the store.
+        let have = left.load(Ordering::Relaxed);
+        let len = rows.len() as u64;
+        left.store(have.saturating_sub(len), Ordering::Relaxed);
+        if len <= have {
+            return Ok(());
+        }
+        rows.truncate(have as usize);
+        Err(Stop::MaxRows(*max))
+    }
+
+    /// `options.max_rows` rows went to the reader.
+    fn exhausted(&self) -> bool {
+        self.max_rows
+            .as_ref()
+            .is_some_and(|(_, left)| left.load(Ordering::Relaxed) == 0)
+    }
 }
 
-/// The reader went away: stop quietly.
-struct Closed;
+/// Why a fetch stops before its data ends.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// The reader went away: stop quietly.
+    ReaderGone,
+    /// `options.max_rows` rows went to the reader, and more were there.
+    MaxRows(u64),
+}
+
+impl From<Stop> for Ending {
+    fn from(stop: Stop) -> Ending {
+        match stop {
+            Stop::ReaderGone => Ending::ReaderGone,
+            Stop::MaxRows(max) => Ending::Cut(Cut::MaxRows(max)),
+        }
+    }
+}
+
+/// A step that goes on, or the reason it stops.
+type Flow<T> = std::result::Result<T, Stop>;
 
 /// What every page of one fetch shares.
 #[derive(Clone, Copy)]
@@ -311,9 +383,7 @@ async fn produce(fetch: Fetch<'_>, tx: &Sender) -> Result<()> {
     };
     let event = match ending {
         Ending::Finished { pages, reason } => Event::Finished { pages, reason },
-        Ending::Cut => Event::Cut {
-            max_pages: fetch.spec.max_pages,
-        },
+        Ending::Cut(cut) => Event::Cut(cut),
         Ending::ReaderGone => return Ok(()),
     };
     let _ = tx.send(Ok(event)).await;
@@ -327,8 +397,8 @@ enum Ending {
         pages: u64,
         reason: &'static str,
     },
-    /// `max_pages` was reached while the API had more.
-    Cut,
+    /// A limit was reached while the API had more.
+    Cut(Cut),
     ReaderGone,
 }
 
@@ -343,23 +413,26 @@ async fn produce_one(
     let Some(paging) = &spec.paging else {
         return Ok(
             match fetch_page(fetch, request, None, sink, params).await? {
-                Some(_) => Ending::Finished {
+                Ok(_) => Ending::Finished {
                     pages: 1,
                     reason: "one request",
                 },
-                None => Ending::ReaderGone,
+                Err(stop) => stop.into(),
             },
         );
     };
     let mut pager = Pager::new(paging, request);
     let mut page_request = pager.request_at(0);
     let mut index: u64 = 0;
+    // Rows this request's pages gave: past max_rows, no page is worth requesting.
+    let mut produced: u64 = 0;
     loop {
-        let Some((rows, facts)) =
-            fetch_page(fetch, &page_request, Some(&pager), sink, params).await?
-        else {
-            return Ok(Ending::ReaderGone);
-        };
+        let (rows, facts) =
+            match fetch_page(fetch, &page_request, Some(&pager), sink, params).await? {
+                Ok(fetched) => fetched,
+                Err(stop) => return Ok(stop.into()),
+            };
+        produced += rows as u64;
         // With params, concurrency runs sets at once, and each set's pages follow one another.
         let count = (index == 0 && spec.concurrency > 1 && spec.fan_out.is_none())
             .then(|| pager.page_count(&facts))
@@ -373,8 +446,11 @@ async fn produce_one(
                 })
             }
         };
+        if let Some(max) = spec.max_rows.filter(|max| produced >= *max) {
+            return Ok(Ending::Cut(Cut::MaxRows(max)));
+        }
         if index + 1 >= u64::from(spec.max_pages) {
-            return Ok(Ending::Cut);
+            return Ok(Ending::Cut(Cut::MaxPages(spec.max_pages)));
         }
         if let Some(count) = count {
             return concurrent(fetch, &pager, count, sink).await;
@@ -411,8 +487,8 @@ async fn concurrent(
     while let Some(fetched) = pages.next().await {
         let (parts, rows) = fetched?;
         for part in parts {
-            if sink.put(part).await.is_err() {
-                return Ok(Ending::ReaderGone);
+            if let Err(stop) = sink.put(part).await {
+                return Ok(stop.into());
             }
         }
         delivered += 1;
@@ -422,9 +498,15 @@ async fn concurrent(
                 reason: "empty page",
             });
         }
+        if let Some(max) = spec
+            .max_rows
+            .filter(|_| sink.exhausted() && delivered < count)
+        {
+            return Ok(Ending::Cut(Cut::MaxRows(max)));
+        }
     }
     if count > last {
-        return Ok(Ending::Cut);
+        return Ok(Ending::Cut(Cut::MaxPages(spec.max_pages)));
     }
     Ok(Ending::Finished {
         pages: delivered,
@@ -467,21 +549,25 @@ async fn fan_out(fetch: Fetch<'_>, fan: &FanOut, tx: &Sender) -> Result<Ending> 
     };
     let merge = async {
         let mut pages = 0;
-        let mut cut = false;
+        let mut cut = None;
         while let Some(mut set) = started.recv().await {
+            if let Some(max) = fetch.spec.max_rows.filter(|_| tx.exhausted()) {
+                // Another set follows the rows max_rows let through.
+                return Ok(Ending::Cut(Cut::MaxRows(max)));
+            }
             loop {
                 match set.recv().await {
                     Some(SetEvent::Part(page)) => {
-                        if tx.send(Ok(Event::Page(Box::new(page)))).await.is_err() {
-                            return Ok(Ending::ReaderGone);
+                        if let Err(stop) = deliver(tx, page).await {
+                            return Ok(stop.into());
                         }
                     }
                     Some(SetEvent::End(Ok(Ending::Finished { pages: n, .. }))) => {
                         pages += n;
                         break;
                     }
-                    Some(SetEvent::End(Ok(Ending::Cut))) => {
-                        cut = true;
+                    Some(SetEvent::End(Ok(Ending::Cut(by)))) => {
+                        cut = Some(by);
                         break;
                     }
                     Some(SetEvent::End(Ok(Ending::ReaderGone))) => return Ok(Ending::ReaderGone),
@@ -495,13 +581,12 @@ async fn fan_out(fetch: Fetch<'_>, fan: &FanOut, tx: &Sender) -> Result<Ending> 
             }
             window.add_permits(1);
         }
-        Ok(if cut {
-            Ending::Cut
-        } else {
-            Ending::Finished {
+        Ok(match cut {
+            Some(by) => Ending::Cut(by),
+            None => Ending::Finished {
                 pages,
                 reason: "every parameter set fetched",
-            }
+            },
         })
     };
     let mut producers = std::pin::pin!(producers);
@@ -528,10 +613,17 @@ async fn produce_set(fetch: Fetch<'_>, fan: &FanOut, index: usize, tx: mpsc::Sen
     let _ = tx.send(SetEvent::End(ending)).await;
 }
 
-async fn deliver(tx: &Sender, page: Page) -> std::result::Result<(), Closed> {
+/// Sends `page` to the reader, cut to what `options.max_rows` still lets through.
+async fn deliver(tx: &Sender, mut page: Page) -> Flow<()> {
+    let taken = tx.take(&mut page.rows);
+    if taken.is_err() {
+        // The last part the reader gets: it ends its page.
+        page.continues = false;
+    }
     tx.send(Ok(Event::Page(Box::new(page))))
         .await
-        .map_err(|_| Closed)
+        .map_err(|_| Stop::ReaderGone)?;
+    taken
 }
 
 /// Where a page's rows go: to the reader as they come (one page at a time), or kept until the
@@ -544,15 +636,23 @@ enum Sink<'a> {
 }
 
 impl Sink<'_> {
-    async fn put(&mut self, page: Page) -> std::result::Result<(), Closed> {
+    async fn put(&mut self, page: Page) -> Flow<()> {
         match self {
             Sink::Channel(tx) => deliver(tx, page).await,
             Sink::Collect(parts) => {
                 parts.push(page);
                 Ok(())
             }
-            Sink::Set(tx) => tx.send(SetEvent::Part(page)).await.map_err(|_| Closed),
+            Sink::Set(tx) => tx
+                .send(SetEvent::Part(page))
+                .await
+                .map_err(|_| Stop::ReaderGone),
         }
+    }
+
+    /// `options.max_rows` rows went to the reader (known where the sink is the reader's).
+    fn exhausted(&self) -> bool {
+        matches!(self, Sink::Channel(tx) if tx.exhausted())
     }
 
     /// Parts collected so far (a retry drops what the failed try collected).
@@ -580,7 +680,7 @@ async fn fetch_page(
     pager: Option<&Pager<'_>>,
     sink: &mut Sink<'_>,
     params: Option<&ParamSet>,
-) -> Result<Option<(usize, PageFacts)>> {
+) -> Result<Flow<(usize, PageFacts)>> {
     let mut attempts = Attempts::new(request);
     let start = sink.collected();
     loop {
@@ -597,19 +697,16 @@ async fn fetch_page(
             reached_reader: false,
         };
         match read_page(fetch, request, pager, head, &mut page).await {
-            Ok(Some(facts)) => {
+            Ok(Ok(facts)) => {
                 let rows = page.rows;
                 let closing = Page {
                     continues: false,
                     skipped: page.skipped.take(),
                     ..Page::part(PageRows::default())
                 };
-                if page.put(closing).await.is_err() {
-                    return Ok(None);
-                }
-                return Ok(Some((rows, facts)));
+                return Ok(page.put(closing).await.map(|()| (rows, facts)));
             }
-            Ok(None) => return Ok(None),
+            Ok(Err(stop)) => return Ok(Err(stop)),
             Err(error) if page.reached_reader => return Err(error),
             Err(error) => {
                 sink.drop_from(start);
@@ -637,14 +734,14 @@ struct PageRead<'s, 't> {
 
 impl PageRead<'_, '_> {
     /// Puts every batch of `ready`, as parts of the page.
-    async fn put_all(&mut self, ready: &mut Vec<PageRows>) -> std::result::Result<(), Closed> {
+    async fn put_all(&mut self, ready: &mut Vec<PageRows>) -> Flow<()> {
         for rows in ready.drain(..) {
             self.put(Page::part(rows)).await?;
         }
         Ok(())
     }
 
-    async fn put(&mut self, mut page: Page) -> std::result::Result<(), Closed> {
+    async fn put(&mut self, mut page: Page) -> Flow<()> {
         page.requests = std::mem::take(&mut self.requests);
         page.params = self.params.cloned();
         page.bytes = self.read.saturating_sub(self.reported) as usize;
@@ -658,14 +755,14 @@ impl PageRead<'_, '_> {
     }
 }
 
-/// Reads a page's body in its format; the paging facts, `None` when the reader went away.
+/// Reads a page's body in its format; the paging facts, or why it stopped early.
 async fn read_page(
     fetch: Fetch<'_>,
     request: &RequestSpec,
     pager: Option<&Pager<'_>>,
     head: Head,
     page: &mut PageRead<'_, '_>,
-) -> Result<Option<PageFacts>> {
+) -> Result<Flow<PageFacts>> {
     let facts = |doc: Option<&Value>, headers: &HeaderMap, url: &str| {
         pager
             .map(|p| p.facts(doc, headers, url))
@@ -685,7 +782,7 @@ async fn read_page(
             parse_document(&response, request)?;
         }
         page.read = response.body.len() as u64;
-        return Ok(Some(facts(None, &response.headers, &response.final_url)));
+        return Ok(Ok(facts(None, &response.headers, &response.final_url)));
     }
     let spec = fetch.spec;
     let content_type = head
@@ -715,7 +812,7 @@ async fn read_page(
         }
         let (rows, facts) = whole_page(fetch, request, whole, &headers, &final_url, facts)?;
         page.read = body.read;
-        return Ok(page.put(Page::part(rows)).await.ok().map(|()| facts));
+        return Ok(page.put(Page::part(rows)).await.map(|()| facts));
     };
     let mut ready = Vec::new();
     loop {
@@ -725,8 +822,8 @@ async fn read_page(
                 // The network paused: the rows read so far go to the reader now.
                 decoder.flush(&mut ready)?;
                 page.read = body.read;
-                if page.put_all(&mut ready).await.is_err() {
-                    return Ok(None);
+                if let Err(stop) = page.put_all(&mut ready).await {
+                    return Ok(Err(stop));
                 }
                 body.next().await?
             }
@@ -739,11 +836,11 @@ async fn read_page(
             None => Some(decoder.finish(&mut ready)),
         };
         page.read = body.read;
-        if page.put_all(&mut ready).await.is_err() {
-            return Ok(None);
+        if let Err(stop) = page.put_all(&mut ready).await {
+            return Ok(Err(stop));
         }
         if let Some(doc) = doc {
-            return Ok(Some(facts(doc?.as_ref(), &headers, &final_url)));
+            return Ok(Ok(facts(doc?.as_ref(), &headers, &final_url)));
         }
     }
 }

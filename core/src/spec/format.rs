@@ -223,10 +223,11 @@ fn check_records(format: &Format, paging: Option<&Paging>) -> Result<()> {
     .with_hint("page it by page number or offset without total_path, or by the Link header"))
 }
 
-/// Whether the options name a format option, for `api_request`, which returns bodies as sent.
-pub fn names_format_option(options: Option<&Value>) -> Option<&'static str> {
+/// An option only `api_fetch` takes (formats, max_rows), named in `options`: `api_request` returns
+/// one whole body as it was sent.
+pub fn names_fetch_option(options: Option<&Value>) -> Option<&'static str> {
     let options = options?.as_object()?;
-    ["format", "csv", "decompress"]
+    ["format", "csv", "decompress", "max_rows"]
         .into_iter()
         .find(|key| options.contains_key(*key))
 }

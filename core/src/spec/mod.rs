@@ -149,6 +149,8 @@ pub struct FetchSpec {
     /// None: one request.
     pub paging: Option<Paging>,
     pub max_pages: u32,
+    /// `options.max_rows`: no more rows than this, and no request once they are in.
+    pub max_rows: Option<u64>,
     /// Pages fetched at once when the page count is known.
     pub concurrency: u32,
     /// `options.format`, `options.csv`, `options.decompress`.
@@ -167,6 +169,7 @@ pub(crate) struct Options {
     query: Option<Map<String, Value>>,
     auth: Option<Auth>,
     max_pages: Option<u32>,
+    max_rows: Option<u64>,
     max_response_bytes: Option<u64>,
     concurrency: Option<u32>,
     /// Read by `FetchSpec::parse` before the rest; named here so that it is a known key.
@@ -301,7 +304,7 @@ impl RequestSpec {
 /// Parses the arguments of `api_request`; `api_fetch` adds its own on top (see `FetchSpec::parse`).
 /// `api_request` returns what the server said, so it retries only when `options.retries` asks.
 pub fn parse_request(args: RequestArgs<'_>, limits: &Limits) -> Result<RequestSpec> {
-    if let Some(key) = format::names_format_option(args.options.as_ref()) {
+    if let Some(key) = format::names_fetch_option(args.options.as_ref()) {
         return Err(Error::invalid(format!(
             "options.{key} is for api_fetch: api_request returns the body as it was sent"
         )));
@@ -396,6 +399,9 @@ impl FetchSpec {
         if max_pages == 0 {
             return Err(Error::invalid("max_pages must be positive"));
         }
+        if options.max_rows == Some(0) {
+            return Err(Error::invalid("options.max_rows must be positive"));
+        }
         let concurrency = paging
             .as_ref()
             .and_then(|p| p.concurrency)
@@ -426,6 +432,7 @@ impl FetchSpec {
             skip,
             paging,
             max_pages,
+            max_rows: options.max_rows,
             concurrency,
             body_format,
         })
