@@ -5,7 +5,7 @@
 //! crate (`apisync_core`); this crate is the SQL face, the Datum step, the job SQL and the
 //! workers. Only the backend thread calls Postgres.
 
-pub use apisync_core::{error, extract, fetch, policy, spec};
+pub use apisync_core::{error, extract, fetch, policy, spec, suggest};
 
 pub mod interrupt;
 pub mod jobs;

@@ -36,6 +36,31 @@ pub fn as_role<R>(role: Oid, body: impl FnOnce() -> R) -> R {
     body()
 }
 
+/// Runs `body` with `search_path = pg_catalog, pg_temp`, as a function's SET clause would, for
+/// a function that must first read a name by its caller's search_path. The caller's setting comes
+/// back afterwards; when `body` raises, the (sub)transaction's end puts it back.
+pub fn with_pinned_search_path<R>(body: impl FnOnce() -> R) -> R {
+    // SAFETY: the GUC calls fmgr_security_definer makes for a SET clause, on the backend thread.
+    let nest = unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        nest
+    };
+    let result = body();
+    // SAFETY: closes the nest level opened above.
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    result
+}
+
 /// Runs `body` as the extension's owner, who owns the catalog: the one way the extension's
 /// functions write `apisync.*`, after checking the caller.
 pub fn as_catalog_owner<R>(body: impl FnOnce() -> R) -> R {

@@ -113,8 +113,9 @@ impl RunTally {
 pub enum Requester {
     /// A call of `api_fetch`: the executor checked the caller's EXECUTE on it.
     Caller,
-    /// A job run, for its owner (`roles::require_network_privilege`).
-    JobOwner(pg_sys::Oid),
+    /// A job run for its owner, or `suggest_table` and `create_target` for their caller: checked
+    /// by `roles::require_network_privilege`.
+    Role(pg_sys::Oid),
 }
 
 /// Starts the one fetch route: spec → page stream → extraction into rows of `typoid`.
@@ -124,7 +125,7 @@ pub fn start(
     requester: Requester,
     run: Option<RunTally>,
 ) -> Fetch {
-    if let Requester::JobOwner(owner) = requester {
+    if let Requester::Role(owner) = requester {
         crate::roles::require_network_privilege(owner).or_raise();
     }
     let columns = spec.columns.clone();
@@ -332,27 +333,54 @@ impl Fetch {
                 }
                 continue;
             }
-            if self.step_pages == Some(0) {
+            if !self.turn_page() {
                 return false;
-            }
-            let Some(stream) = self.stream.as_mut() else {
-                return false;
-            };
-            match next_page(self.runtime, stream, self.run.as_mut()) {
-                Some(page) => {
-                    // A step ends with a page, not inside one whose body is still arriving.
-                    if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {
-                        *pages -= 1;
-                    }
-                    self.params = page.params;
-                    self.next_page(page.rows)
-                }
-                None => {
-                    self.stream = None;
-                    self.next_page(PageRows::default());
-                }
             }
         }
+    }
+
+    /// The next row as the API sent it (a bad line or record raises): for a sample.
+    pub fn next_value(&mut self) -> Option<Value> {
+        loop {
+            if self.at < self.page.len() {
+                let at = self.at;
+                self.at += 1;
+                self.number += 1;
+                return Some(match &self.page {
+                    PageRows::Values(rows) => rows[at].clone(),
+                    PageRows::Compact(page) => page.row_value(at),
+                    PageRows::Bad(bad) => raise(bad.error.clone().redact(&self.secrets)),
+                });
+            }
+            if !self.turn_page() {
+                return None;
+            }
+        }
+    }
+
+    /// Takes the next page (or part) to read; `false` when none comes (the end, or of the step).
+    fn turn_page(&mut self) -> bool {
+        if self.step_pages == Some(0) {
+            return false;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return false;
+        };
+        match next_page(self.runtime, stream, self.run.as_mut()) {
+            Some(page) => {
+                // A step ends with a page, not inside one whose body is still arriving.
+                if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {
+                    *pages -= 1;
+                }
+                self.params = page.params;
+                self.next_page(page.rows)
+            }
+            None => {
+                self.stream = None;
+                self.next_page(PageRows::default());
+            }
+        }
+        true
     }
 }
 

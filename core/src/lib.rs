@@ -8,3 +8,4 @@ pub mod fetch;
 pub mod job;
 pub mod policy;
 pub mod spec;
+pub mod suggest;

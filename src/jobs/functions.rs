@@ -104,7 +104,7 @@ mod apisync {
     use super::super::JobArgs;
     use super::check;
     use crate::error::{Error, SqlState};
-    use crate::roles::{current_user, is_superuser, role_name};
+    use crate::roles::{current_user, is_superuser, role_name, with_pinned_search_path};
     use crate::sql::{raise, require_utf8, OrRaise};
 
     #[allow(clippy::too_many_arguments)]
@@ -112,19 +112,18 @@ mod apisync {
         volatile,
         sql = r#"
 CREATE FUNCTION apisync.create_job(
-    name text, target regclass, url text, method text DEFAULT 'GET', body jsonb DEFAULT NULL,
+    name text, target text, url text, method text DEFAULT 'GET', body jsonb DEFAULT NULL,
     path text DEFAULT '$', headers jsonb DEFAULT '{}', paging jsonb DEFAULT NULL,
     options jsonb DEFAULT '{}', write_method text DEFAULT 'append', key_columns text[] DEFAULT NULL,
-    schedule text DEFAULT NULL, enabled boolean DEFAULT true
+    schedule text DEFAULT NULL, enabled boolean DEFAULT true, create_target boolean DEFAULT false
 ) RETURNS bigint VOLATILE
-SET search_path = pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
 "#,
         requires = ["bootstrap"]
     )]
     fn create_job(
         name: Option<&str>,
-        target: Option<Oid>,
+        target: Option<&str>,
         url: Option<&str>,
         method: Option<&str>,
         body: Option<JsonB>,
@@ -136,8 +135,54 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
         key_columns: Option<Vec<String>>,
         schedule: Option<&str>,
         enabled: Option<bool>,
+        create_target: Option<bool>,
     ) -> i64 {
         require_utf8();
+        // The target is named by the caller's search_path; everything after runs with the pinned
+        // one (no SET clause: it would hide the caller's).
+        let target = target.filter(|t| !t.is_empty()).unwrap_or_else(|| {
+            raise(Error::new(
+                SqlState::NullValueNotAllowed,
+                "create_job needs a target table",
+            ))
+        });
+        let named = super::super::create_target::resolve(target).or_raise();
+        let create_target = create_target.unwrap_or(false);
+        if named.oid.is_none() && !create_target {
+            raise(
+                Error::new(
+                    SqlState::from_code("42P01"),
+                    format!("relation \"{target}\" does not exist"),
+                )
+                .with_hint(
+                    "create the table first (apisync.suggest_table writes one for the API), or pass create_target => true",
+                ),
+            );
+        }
+        with_pinned_search_path(|| {
+            create(
+                &named,
+                create_target,
+                name,
+                [url, method, path, write_method, schedule],
+                [body, headers, paging, options],
+                key_columns,
+                enabled,
+            )
+        })
+    }
+
+    /// create_job after its target was named, with the pinned search_path.
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        named: &super::super::create_target::Named,
+        create_target: bool,
+        name: Option<&str>,
+        [url, method, path, write_method, schedule]: [Option<&str>; 5],
+        [body, headers, paging, options]: [Option<JsonB>; 4],
+        key_columns: Option<Vec<String>>,
+        enabled: Option<bool>,
+    ) -> i64 {
         let owner = current_user();
         let required = |value: Option<&str>, what: &str| -> String {
             value.map(str::to_string).unwrap_or_else(|| {
@@ -151,13 +196,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
         if name.is_empty() {
             raise(Error::invalid("a job needs a name"));
         }
-        let target = target.unwrap_or_else(|| {
-            raise(Error::new(
-                SqlState::NullValueNotAllowed,
-                "create_job needs a target table",
-            ))
-        });
-        let args = JobArgs {
+        let mut args = JobArgs {
             url: required(url, "url"),
             method: method.unwrap_or("GET").to_string(),
             body: body.map(|b| b.0),
@@ -168,6 +207,10 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
             write_method: write_method.unwrap_or("append").to_string(),
             key_columns,
             schedule: schedule.map(str::to_string),
+        };
+        let target = match (named.oid, create_target) {
+            (Some(oid), false) => oid,
+            _ => super::super::create_target::create_or_match(named, owner, &mut args).or_raise(),
         };
         let (mut checked, _) = check(owner, target, args).or_raise();
         checked.spec.args.key_columns = checked.keys.take();

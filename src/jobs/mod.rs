@@ -2,6 +2,7 @@
 //! core's (`apisync_core::job`).
 
 pub mod catalog;
+mod create_target;
 mod for_each;
 pub mod functions;
 pub mod run;

@@ -344,7 +344,7 @@ fn run(
                 start(
                     spec,
                     checked.target.rowtype,
-                    Requester::JobOwner(owner),
+                    Requester::Role(owner),
                     Some(tally),
                 )
             })

@@ -5,6 +5,7 @@ mod api_fetch;
 mod api_request;
 pub(crate) mod rows;
 pub(crate) mod secrets;
+pub(crate) mod suggest;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 

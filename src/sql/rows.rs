@@ -703,6 +703,19 @@ impl Failure {
     }
 }
 
+/// Whether every one of `values` converts to a column of type `typoid`, by the conversion that
+/// loads rows (what `suggest_table` decides types by). The values made are freed at once.
+pub fn converts_all(typoid: Oid, values: &[&Value]) -> Result<bool> {
+    let mut trial = pgrx::PgMemoryContexts::new("suggest_table trial conversions");
+    // SAFETY: the converter and the values it makes live in the trial context, dropped below.
+    unsafe {
+        trial.switch_to(|_| {
+            let mut converter = Converter::new(typoid, -1)?;
+            Ok(values.iter().all(|value| converter.convert(value).is_ok()))
+        })
+    }
+}
+
 fn text_datum(text: &str) -> Result<Datum, Failure> {
     if text.contains('\0') {
         return Err(Failure::nul());

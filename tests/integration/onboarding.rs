@@ -150,3 +150,282 @@ fn max_rows_is_checked_before_any_request() {
         assert!(message.contains(expected), "{call}: {message}");
     }
 }
+
+/// Each devapi shape: a table name, the URL, the other arguments of `api_fetch` /
+/// `suggest_table` but `options`, and `options`.
+fn shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    vec![
+        (
+            "sg_fdl",
+            api().url("/api/users"),
+            r#"'POST', '{"paging": {"pageSize": 10, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}', '$.data',
+               paging => '{"type": "page_number", "in": "body", "page_param": "paging.pageNum", "size_param": "paging.pageSize", "page_size": 10, "total_path": "$.totalNum"}'"#,
+            "{}",
+        ),
+        (
+            "sg_github",
+            api().url("/github/users"),
+            r#"paging => '{"type": "link_header", "size_param": "per_page", "page_size": 25}'"#,
+            "{}",
+        ),
+        (
+            "sg_stripe",
+            api().url("/stripe/customers"),
+            r#"path => '$.data', paging => '{"type": "cursor", "cursor_path": "$.data[-1].id", "cursor_param": "starting_after", "has_more_path": "$.has_more", "size_param": "limit", "page_size": 20}'"#,
+            r#"{"auth": {"type": "bearer", "token": "sk_test_4eC39HqLyjWDarjtT1zdp7dc"}}"#,
+        ),
+        (
+            "sg_drf",
+            api().url("/drf/users"),
+            r#"path => '$.results', paging => '{"type": "next_url", "next_path": "$.next"}'"#,
+            "{}",
+        ),
+        ("sg_types", api().url("/types"), "path => '$.data'", "{}"),
+        (
+            "sg_issues",
+            api().url("/repos/acme/widgets/issues"),
+            "'GET'",
+            "{}",
+        ),
+    ]
+}
+
+#[test]
+fn suggest_table_writes_ddl_that_loads_every_devapi_shape() {
+    let mut client = user();
+    for (table, url, args, options) in shapes() {
+        let url = lit(&url);
+        let args = format!("{args}, options => {}", lit(options));
+        let ddl: String = one(
+            &mut client,
+            &format!("SELECT apisync.suggest_table('{table}', {url}, {args})"),
+        );
+        client
+            .batch_execute(&ddl)
+            .unwrap_or_else(|e| panic!("{table}: {ddl}: {:?}", e.as_db_error()));
+        // The load takes the map from the table's comment.
+        let call = format!(
+            "api_fetch({url}, {args} || jsonb_build_object('columns', obj_description('{table}'::regclass)::jsonb), row_type => NULL::{table})"
+        );
+        let inserted = client
+            .execute(&format!("INSERT INTO {table} SELECT * FROM {call}"), &[])
+            .unwrap_or_else(|e| panic!("{table}: {ddl}: {:?}", e.as_db_error()));
+        let rows: i64 = one(
+            &mut client,
+            &format!("SELECT count(*) FROM api_fetch({url}, {args})"),
+        );
+        assert!(rows > 1, "{table}");
+        assert_eq!(inserted as i64, rows, "{table}: every row loads");
+        // Every value the API sent is in its column: as many non-null values per key.
+        let columns = client
+            .query(
+                &format!(
+                    "SELECT a.attname::text, coalesce(obj_description('{table}'::regclass)::jsonb ->> a.attname::text, '$.' || a.attname)
+                     FROM pg_attribute a WHERE a.attrelid = '{table}'::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+                ),
+                &[],
+            )
+            .unwrap();
+        for column in columns {
+            let (name, path): (String, String) = (column.get(0), column.get(1));
+            let sent: i64 = one(
+                &mut client,
+                &format!(
+                    "SELECT count(*) FROM api_fetch({url}, {args}) r
+                     WHERE jsonb_path_query_first(r, {}) NOT IN ('null'::jsonb)",
+                    lit(&path)
+                ),
+            );
+            let loaded: i64 = one(
+                &mut client,
+                &format!("SELECT count({}) FROM {table}", quote_ident(&name)),
+            );
+            assert_eq!(loaded, sent, "{table}.{name} ({path})\n{ddl}");
+        }
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[test]
+fn suggest_table_chooses_names_types_and_keys() {
+    let mut client = user();
+    let ddl: String = one(
+        &mut client,
+        &format!(
+            "SELECT apisync.suggest_table('staging.\"Users\"', {}, 'POST', '{{\"paging\": {{\"pageSize\": 100, \"pageNum\": 1}}}}', '$.data')",
+            lit(&api().url("/api/users"))
+        ),
+    );
+    assert!(
+        ddl.starts_with("CREATE TABLE staging.\"Users\" (\n    id bigint PRIMARY KEY,\n"),
+        "{ddl}"
+    );
+    for line in [
+        "    signup_time timestamp with time zone NOT NULL",
+        "    tags text[] NOT NULL",
+        "    score text NOT NULL",
+        "COMMENT ON TABLE staging.\"Users\" IS '{\"signup_time\":\"$.signupTime\"}';",
+    ] {
+        assert!(ddl.contains(line), "{line}\n{ddl}");
+    }
+    // Mixed kinds fall back: numbers and strings to text, objects and scalars to jsonb.
+    let fixture = r#"[{"a": 1, "b": {"x": 1}, "c": "2024-01-01", "d": "00123"}, {"a": "x", "b": 2, "c": "2024-01-02T10:00:00", "d": "yes"}]"#;
+    let ddl: String = one(
+        &mut client,
+        &format!(
+            "SELECT apisync.suggest_table('mixed', {})",
+            lit(&api().url(&format!("/fixture?body={}", urlencode(fixture))))
+        ),
+    );
+    assert_eq!(
+        ddl,
+        "CREATE TABLE mixed (\n    a text NOT NULL,\n    b jsonb NOT NULL,\n    c timestamp without time zone NOT NULL,\n    d text NOT NULL\n);\nCOMMENT ON TABLE mixed IS '{}';\n"
+    );
+    // The sample: the first page, or options.max_rows rows of it.
+    let ddl: String = one(
+        &mut client,
+        &format!(
+            "SELECT apisync.suggest_table('first', {}, options => '{{\"max_rows\": 1}}')",
+            lit(&api().url(&format!("/fixture?body={}", urlencode(fixture))))
+        ),
+    );
+    assert!(ddl.contains("    a bigint NOT NULL"), "{ddl}");
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn suggest_table_refuses_what_it_cannot_use() {
+    let url = lit(&api().url("/types"));
+    for (role, sql, state, expected) in [
+        (
+            "plain_user",
+            format!("SELECT apisync.suggest_table('t', {url}, path => '$.data')"),
+            "42501",
+            "may not reach the network",
+        ),
+        (
+            "api_user",
+            format!("SELECT apisync.suggest_table('t', {url}, path => '$.totalNum')"),
+            "42804",
+            "row 1 of the sample is a number, not a JSON object",
+        ),
+        (
+            "api_user",
+            format!("SELECT apisync.suggest_table('t', {url}, path => '$.nothing')"),
+            "22023",
+            "the sample has no rows",
+        ),
+        (
+            "api_user",
+            format!("SELECT apisync.suggest_table('t', {url}, path => '$.data', options => '{{\"columns\": {{}}}}')"),
+            "22023",
+            "options.columns is what the suggestion makes",
+        ),
+    ] {
+        let (got, message, _) = sql_error(connect_as(role).batch_execute(&sql));
+        assert_eq!(got, state, "{sql}: {message}");
+        assert!(message.contains(expected), "{sql}: {message}");
+    }
+}
+
+const FDL_USERS: &str = r#"'POST', '{"paging": {"pageSize": 20, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}', '$.data',
+    paging => '{"type": "page_number", "in": "body", "page_param": "paging.pageNum", "size_param": "paging.pageSize", "page_size": 20, "total_path": "$.totalNum"}'"#;
+
+#[test]
+fn create_target_makes_the_table_in_the_jobs_transaction() {
+    let mut client = user();
+    let url = lit(&api().url("/t-ct/api/users"));
+    // No such table, and no create_target: a clear error, before any request.
+    let (state, message, _) = sql_error(client.batch_execute(&format!(
+        "SELECT apisync.create_job('ct_users', 'ct_users', {url}, {FDL_USERS})"
+    )));
+    assert_eq!(state, "42P01", "{message}");
+    assert_eq!(api().requests_to("/t-ct/api/users"), 0);
+    // Made from the first page, owned by the caller, with the map stored in the job.
+    client
+        .batch_execute(&format!(
+            "SELECT apisync.create_job('ct_users', 'ct_users', {url}, {FDL_USERS},
+                 write_method => 'upsert', create_target => true)"
+        ))
+        .unwrap();
+    assert_eq!(api().requests_to("/t-ct/api/users"), 1, "one page sampled");
+    let (owner, signup, map): (String, String, String) = {
+        let row = client
+            .query_one(
+                "SELECT c.relowner::regrole::text,
+                        format_type(a.atttypid, a.atttypmod),
+                        j.options->>'columns'
+                 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'signup_time'
+                 JOIN apisync.jobs j ON j.target = c.oid
+                 WHERE c.oid = 'ct_users'::regclass",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(owner, "api_user");
+    assert_eq!(signup, "timestamp with time zone");
+    assert_eq!(map, r#"{"signup_time": "$.signupTime"}"#);
+    let row = client
+        .query_one(
+            "SELECT status, rows_inserted FROM apisync.run_job('ct_users')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("succeeded".into(), 57)
+    );
+    assert_eq!(
+        one::<i64>(&mut client, "SELECT count(signup_time) FROM ct_users"),
+        57
+    );
+    // An existing table of the same shape is taken (a second job into it); one of another shape
+    // is refused, and nothing is left behind.
+    client
+        .batch_execute(&format!(
+            "SELECT apisync.create_job('ct_users_again', 'public.ct_users', {url}, {FDL_USERS}, create_target => true)"
+        ))
+        .unwrap();
+    client
+        .batch_execute("CREATE TABLE ct_other (id bigint PRIMARY KEY, name text)")
+        .unwrap();
+    let (state, message, detail) = sql_error(client.batch_execute(&format!(
+        "SELECT apisync.create_job('ct_other', 'ct_other', {url}, {FDL_USERS}, create_target => true)"
+    )));
+    assert_eq!(state, "42P07", "{message}");
+    assert!(
+        detail.contains("it has no column signup_time (timestamp with time zone)"),
+        "{detail}"
+    );
+    // A job that fails its check after the table was made leaves no table.
+    let (state, message, _) = sql_error(client.batch_execute(&format!(
+        "SELECT apisync.create_job('ct_bad', 'ct_bad', {url}, {FDL_USERS}, write_method => 'upsert', key_columns => '{{nope}}', create_target => true)"
+    )));
+    assert!(!state.is_empty(), "{message}");
+    assert_eq!(
+        one::<i64>(
+            &mut client,
+            "SELECT count(*) FROM pg_class WHERE relname IN ('ct_bad') OR relname = 'ct_other' AND relnatts > 2"
+        ),
+        0
+    );
+    assert_eq!(
+        one::<i64>(
+            &mut client,
+            "SELECT count(*) FROM apisync.jobs WHERE name IN ('ct_other', 'ct_bad')"
+        ),
+        0
+    );
+}
