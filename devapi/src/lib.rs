@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 pub mod data;
 mod export;
+mod rotating;
 mod shapes;
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -40,6 +41,7 @@ struct State {
     /// Requests seen per `/flaky/{key}`.
     flaky: Mutex<HashMap<String, u64>>,
     oauth: Mutex<shapes::Tokens>,
+    rotating: rotating::Provider,
     /// Generated export bodies, by what they hold (the few most recent).
     exports: Mutex<Vec<(String, Bytes)>>,
 }
@@ -187,6 +189,14 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             let action = action.to_string();
             let body = read_body(request).await;
             shapes::oauth(state, &action, &headers, &String::from_utf8_lossy(&body))
+        }
+        ["rotating", action] => {
+            let action = action.to_string();
+            let body = read_body(request).await;
+            state
+                .rotating
+                .serve(&action, &headers, &query, &String::from_utf8_lossy(&body))
+                .await
         }
         ["redirect-to"] => {
             let mut response = empty(StatusCode::FOUND);

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::functions::{build_fetch_spec, FetchRequest};
 use super::{JobArgs, JobSpec};
 use crate::error::{Error, Result, SqlState};
+use crate::oauth::Tokens;
 use crate::roles::quote;
 use crate::sql::suggest::{infer, sample, sample_options};
 use crate::suggest::Suggestion;
@@ -82,7 +83,8 @@ pub fn create_or_match(named: &Named, owner: Oid, args: &mut JobArgs) -> Result<
         body: args.body.clone(),
         options: sample_options(spec.fetch_options.clone(), args.paging.as_ref())?,
     };
-    let rows = sample(build_fetch_spec(owner, &spec, Some(request), None), owner);
+    let spec = build_fetch_spec(owner, &spec, Some(request), None, Tokens::Exchange);
+    let rows = sample(spec, owner);
     let suggestion = infer(&rows);
     let oid = match named.oid {
         Some(oid) => {

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use super::target::Target;
 use super::{JobArgs, JobSpec};
 use crate::error::{Error, Result};
+use crate::oauth::{access_token, Tokens};
 use crate::route::fetch_spec;
 use crate::spec::{FetchSpec, RequestArgs};
 use crate::sql::rows::RowMaker;
@@ -22,8 +23,8 @@ pub struct Checked {
 /// Checks `args` for a job of `owner` writing `target`, by the same code at create_job, alter_job
 /// and each run: the spec, the owner's network privilege, the target and the owner's rights on
 /// it, the keys, the fetch spec with the owner's secrets, the columns and the incremental cursor.
-/// Returns the fetch spec too, which a run without an incremental cursor fetches as it is.
-pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<(Checked, FetchSpec)> {
+/// An OAuth2 refresh token is not exchanged here: a run exchanges it when it fetches.
+pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<Checked> {
     let spec = JobSpec::parse(args)?;
     crate::roles::require_network_privilege(owner)?;
     let target = Target::inspect(target)?;
@@ -47,14 +48,14 @@ pub fn check(owner: Oid, target: Oid, args: JobArgs) -> Result<(Checked, FetchSp
         }
         None => None,
     };
-    let fetch = build_fetch_spec(owner, &spec, None, params);
+    let fetch = build_fetch_spec(owner, &spec, None, params, Tokens::CheckOnly);
     RowMaker::new(target.rowtype, fetch.columns.clone())?;
     if let Some(incremental) = &spec.options.incremental {
         super::run::cursor(incremental, &target.name, true).map_err(|e| {
             Error::invalid(format!("options.incremental does not fit the target: {e}"))
         })?;
     }
-    Ok((Checked { spec, target, keys }, fetch))
+    Ok(Checked { spec, target, keys })
 }
 
 /// A run's request where it differs from the stored one: the URL, body and options carrying an
@@ -66,12 +67,14 @@ pub struct FetchRequest {
 }
 
 /// The fetch spec of a job for `owner` (whose secrets it uses), with `request` in place of the
-/// stored one when given, and `params` (a for_each's rows).
+/// stored one when given, and `params` (a for_each's rows); `tokens` says whether an OAuth2
+/// refresh token is exchanged (to fetch) or not (to check).
 pub fn build_fetch_spec(
     owner: Oid,
     spec: &JobSpec,
     request: Option<FetchRequest>,
     params: Option<crate::spec::ParamSets>,
+    tokens: Tokens,
 ) -> FetchSpec {
     let args = &spec.args;
     let request = request.unwrap_or_else(|| FetchRequest {
@@ -82,13 +85,16 @@ pub fn build_fetch_spec(
     let (url, body) = (request.url, request.body);
     let options = Some(request.options);
     let names = crate::spec::secret_names(options.as_ref());
+    let secrets = secrets::lookup(owner, &names);
+    let access_token = access_token(owner, options.as_ref(), &secrets, tokens);
     let request = RequestArgs {
         url: Some(&url),
         method: Some(&args.method),
         body,
         headers: Some(args.headers.clone()),
         options,
-        secrets: secrets::lookup(owner, &names),
+        secrets,
+        access_token,
     };
     fetch_spec(request, Some(&args.path), args.paging.as_ref(), params)
 }
@@ -212,7 +218,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'create_job_wrapper';
             (Some(oid), false) => oid,
             _ => super::super::create_target::create_or_match(named, owner, &mut args).or_raise(),
         };
-        let (mut checked, _) = check(owner, target, args).or_raise();
+        let mut checked = check(owner, target, args).or_raise();
         checked.spec.args.key_columns = checked.keys.take();
         catalog::insert(&JobRow {
             job_id: 0,
@@ -315,7 +321,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'alter_job_wrapper';
         if let Some(target) = target {
             job.target = target;
         }
-        let (mut checked, _) = check(job.owner, job.target, job.args.clone()).or_raise();
+        let mut checked = check(job.owner, job.target, job.args.clone()).or_raise();
         job.args = checked.spec.args;
         job.args.key_columns = checked.keys.take();
         catalog::update(&job).or_raise();

@@ -24,6 +24,7 @@ use super::write::WriteSql;
 use super::WriteMethod;
 use crate::error::{Error, Result, SqlState};
 use crate::fetch::Cut;
+use crate::oauth::Tokens;
 use crate::roles::{as_role, is_superuser, quote, role_name};
 use crate::route::{lend, start, Fetch, FetchStats, Rejected, Requester, RunTally};
 use crate::settings;
@@ -251,7 +252,7 @@ fn stats_of(fetch: &Rc<RefCell<Fetch>>) -> FetchStats {
 
 /// SIGTERM (run_job cancelled, DROP DATABASE, shutdown) ends the run as `die` ends a backend's
 /// query: at the next interrupt check, which every wait makes within 50 ms.
-unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
+pub(crate) unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
     // SAFETY: sig_atomic_t flags, which is all a signal handler may touch.
     unsafe {
         std::ptr::write_volatile(&raw mut pg_sys::InterruptPending, 1);
@@ -261,7 +262,7 @@ unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
 
 /// A transaction of the worker, with every statement's search_path pinned and lock waits on the
 /// catalog bounded.
-fn transaction<R>(body: impl FnOnce() -> R) -> R {
+pub(crate) fn transaction<R>(body: impl FnOnce() -> R) -> R {
     // SAFETY: a plain transaction of a connected background worker.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
@@ -305,11 +306,11 @@ fn run(
     // The first (or only) transaction: checks, the cursor, the fetch started.
     let first = || {
         check_owner(job).or_raise();
-        let (checked, checked_spec) = check(owner, job.target, job.args.clone()).or_raise();
+        let checked = check(owner, job.target, job.args.clone()).or_raise();
         // An incremental cursor changes the first request, for_each gives the parameter sets;
         // otherwise the checked spec is fetched.
         let cursor = incremental_cursor(&checked);
-        let spec = match &checked.spec.options.for_each {
+        let (request, sets) = match &checked.spec.options.for_each {
             Some(query) => {
                 let joined = cursor
                     .as_ref()
@@ -318,18 +319,16 @@ fn run(
                 let request = cursor.map(|(incremental, value)| {
                     incremental_request(&checked, incremental, value, true)
                 });
-                build_fetch_spec(owner, &checked.spec, request, Some(sets))
+                (request, Some(sets))
             }
-            None => match cursor {
-                Some((incremental, value)) => build_fetch_spec(
-                    owner,
-                    &checked.spec,
-                    Some(incremental_request(&checked, incremental, value, false)),
-                    None,
-                ),
-                None => checked_spec,
-            },
+            None => {
+                let request = cursor.map(|(incremental, value)| {
+                    incremental_request(&checked, incremental, value, false)
+                });
+                (request, None)
+            }
         };
+        let spec = build_fetch_spec(owner, &checked.spec, request, sets, Tokens::Exchange);
         let tally = RunTally {
             run_id,
             max_rejected: (checked.spec.options.max_rejected > 0)

@@ -52,7 +52,14 @@ pub fn request_args<'a>(
     require_utf8();
     let options = options.map(|o| o.0);
     let names = crate::spec::secret_names(options.as_ref());
-    let secrets = secrets::lookup(crate::roles::current_user(), &names);
+    let role = crate::roles::current_user();
+    let secrets = secrets::lookup(role, &names);
+    let access_token = crate::oauth::access_token(
+        role,
+        options.as_ref(),
+        &secrets,
+        crate::oauth::Tokens::Exchange,
+    );
     RequestArgs {
         url,
         method,
@@ -60,6 +67,7 @@ pub fn request_args<'a>(
         headers: headers.map(|h| h.0),
         options,
         secrets,
+        access_token,
     }
 }
 

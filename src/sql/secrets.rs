@@ -41,6 +41,20 @@ pub fn lookup(owner: Oid, names: &[String]) -> HashMap<String, String> {
     found
 }
 
+/// Whether `owner` has a secret `name`.
+pub fn exists(owner: Oid, name: &str) -> bool {
+    as_catalog_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM apisync.secrets
+             WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole AND name OPERATOR(pg_catalog.=) $2)",
+            &[owner.into(), name.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 #[pg_schema]
 mod apisync {
     use pgrx::prelude::*;

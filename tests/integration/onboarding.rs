@@ -429,3 +429,187 @@ fn create_target_makes_the_table_in_the_jobs_transaction() {
         0
     );
 }
+
+/// `options` authenticating client `client` of the rotating provider with the refresh token in
+/// secret `secret` (and its client secret in secret `rc_client`); the token endpoint answers
+/// after `ms`.
+fn rotating(client: &str, secret: &str, ms: u64) -> String {
+    user()
+        .execute(
+            "SELECT apisync.create_secret('rc_client', $1)",
+            &[&"c-secret"],
+        )
+        .unwrap();
+    let token_url = api().url(&format!("/rotating/token?ms={ms}"));
+    lit(
+        &serde_json::json!({"auth": {"type": "oauth2_refresh_token", "token_url": token_url,
+        "client_id": client, "secret": "rc_client", "refresh_token_secret": secret}})
+        .to_string(),
+    )
+}
+
+/// (exchanges, spent tokens presented again, the refresh token that works now) of `client`.
+fn provider(client: &str) -> (i64, i64, String) {
+    let row = connect()
+        .query_one(
+            &format!(
+                "SELECT (r->>'exchanges')::bigint, (r->>'reused')::bigint, r->>'current' FROM api_fetch({}) r",
+                lit(&api().url(&format!("/rotating/stats?client={client}")))
+            ),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+fn stored_secret(name: &str) -> String {
+    text(&format!(
+        "SELECT value FROM apisync.secrets WHERE name = {} AND owner = 'api_user'::regrole",
+        lit(name)
+    ))
+}
+
+/// The client the protected API saw, fetched as api_user with `options`.
+fn fetch_rotating(client: &mut harness::Client, options: &str) -> Result<String, postgres::Error> {
+    client
+        .query_one(
+            &format!(
+                "SELECT string_agg(r->>'client', ',') FROM api_fetch({}, path => '$.data[0]', options => {options}) r",
+                lit(&api().url("/rotating/data"))
+            ),
+            &[],
+        )
+        .map(|row| row.get(0))
+}
+
+#[test]
+fn refresh_tokens_rotate_durably_across_runs_and_rollbacks() {
+    let mut client = user();
+    client
+        .execute("SELECT apisync.create_secret('rt1', $1)", &[&"rt-rc1-1"])
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE rot_t (client text, exchanges bigint);
+             SELECT apisync.create_job('rot', 'rot_t', {}, path => '$.data[0]', options => {});",
+            lit(&api().url("/rotating/data")),
+            rotating("rc1", "rt1", 0)
+        ))
+        .unwrap();
+    assert_eq!(
+        provider("rc1").0,
+        0,
+        "create_job does not spend the refresh token"
+    );
+    for run in 1..=2 {
+        let status: String = one(&mut client, "SELECT status FROM apisync.run_job('rot')");
+        assert_eq!(status, "succeeded", "run {run}");
+    }
+    assert_eq!(provider("rc1"), (2, 0, "rt-rc1-3".into()));
+    assert_eq!(stored_secret("rt1"), "rt-rc1-3");
+    // A run that fails after its refresh: the rotated token is stored all the same.
+    client
+        .batch_execute("ALTER TABLE rot_t ADD CONSTRAINT none_yet CHECK (client IS NULL) NOT VALID")
+        .unwrap();
+    let (state, message, _) = sql_error(client.batch_execute("SELECT apisync.run_job('rot')"));
+    assert_eq!(state, "23514", "{message}");
+    assert_eq!(stored_secret("rt1"), "rt-rc1-4");
+    client
+        .batch_execute("ALTER TABLE rot_t DROP CONSTRAINT none_yet")
+        .unwrap();
+    let status: String = one(&mut client, "SELECT status FROM apisync.run_job('rot')");
+    assert_eq!(status, "succeeded");
+    assert_eq!(one::<i64>(&mut client, "SELECT count(*) FROM rot_t"), 3);
+    // A rolled-back statement's refresh stays too; a session reuses its access token.
+    let mut session = user();
+    session.batch_execute("BEGIN").unwrap();
+    assert_eq!(
+        fetch_rotating(&mut session, &rotating("rc1", "rt1", 0)).unwrap(),
+        "rc1"
+    );
+    session.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(stored_secret("rt1"), "rt-rc1-6");
+    assert_eq!(
+        fetch_rotating(&mut session, &rotating("rc1", "rt1", 0)).unwrap(),
+        "rc1"
+    );
+    assert_eq!(
+        fetch_rotating(&mut user(), &rotating("rc1", "rt1", 0)).unwrap(),
+        "rc1"
+    );
+    assert_eq!(provider("rc1"), (6, 0, "rt-rc1-7".into()));
+}
+
+#[test]
+fn two_backends_refresh_one_secret_in_turn() {
+    user()
+        .execute("SELECT apisync.create_secret('rt2', $1)", &[&"rt-rc2-1"])
+        .unwrap();
+    let fetches: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(|| fetch_rotating(&mut user(), &rotating("rc2", "rt2", 300))))
+        .collect();
+    for fetch in fetches {
+        assert_eq!(fetch.join().unwrap().unwrap(), "rc2");
+    }
+    // Each refreshed with the token the other had stored: none was spent twice.
+    assert_eq!(provider("rc2"), (2, 0, "rt-rc2-3".into()));
+    assert_eq!(stored_secret("rt2"), "rt-rc2-3");
+}
+
+#[test]
+fn refused_refresh_tokens_are_clear_errors_without_the_token() {
+    let mut client = user();
+    // Revoked: the provider's error and description, 38000.
+    client
+        .execute("SELECT apisync.create_secret('rt3', $1)", &[&"rt-rc3-1"])
+        .unwrap();
+    provider("rc3");
+    connect()
+        .batch_execute(&format!(
+            "SELECT * FROM api_fetch({})",
+            lit(&api().url("/rotating/revoke?client=rc3"))
+        ))
+        .unwrap();
+    let (state, message, _) = sql_error(fetch_rotating(&mut client, &rotating("rc3", "rt3", 0)));
+    assert_eq!(state, "38000", "{message}");
+    assert!(
+        message.contains("invalid_grant: Token has been expired or revoked."),
+        "{message}"
+    );
+    // Spent: the provider names the token; the error does not.
+    client
+        .execute("SELECT apisync.create_secret('rt4', $1)", &[&"rt-rc4-1"])
+        .unwrap();
+    fetch_rotating(&mut client, &rotating("rc4", "rt4", 0)).unwrap();
+    client
+        .execute("SELECT apisync.create_secret('rt4', $1)", &[&"rt-rc4-1"])
+        .unwrap();
+    let (state, message, detail) =
+        sql_error(fetch_rotating(&mut user(), &rotating("rc4", "rt4", 0)));
+    assert_eq!(state, "38000", "{message}");
+    assert!(
+        message.contains("refresh token *** was already used"),
+        "{message}"
+    );
+    assert!(
+        !format!("{message}{detail}").contains("rt-rc4"),
+        "{message} {detail}"
+    );
+    // A transaction that changed the secret would wait for itself: refused at once.
+    client.batch_execute("BEGIN").unwrap();
+    client
+        .execute("SELECT apisync.create_secret('rt5', $1)", &[&"rt-rc5-1"])
+        .unwrap();
+    let (state, message, _) = sql_error(fetch_rotating(&mut client, &rotating("rc5", "rt5", 0)));
+    assert_eq!(state, "55P03", "{message}");
+    client.batch_execute("ROLLBACK").unwrap();
+    // No such secret: before any request, also at create_job.
+    let (state, message, _) = sql_error(client.batch_execute(&format!(
+        "CREATE TABLE rot_missing (client text);
+         SELECT apisync.create_job('rot_missing', 'rot_missing', {}, options => {})",
+        lit(&api().url("/rotating/data")),
+        rotating("rc6", "no_such_secret", 0)
+    )));
+    assert_eq!(state, "42704", "{message}");
+    assert_eq!(provider("rc6").0, 0);
+}

@@ -4,7 +4,7 @@
 mod body;
 pub mod decode;
 pub(crate) mod http;
-mod oauth;
+pub mod oauth;
 mod pager;
 
 use std::future::Future;

@@ -48,6 +48,9 @@ pub struct RequestArgs<'a> {
     pub options: Option<Value>,
     /// The values of the secrets `options` names, looked up by the SQL layer (`secret_names`).
     pub secrets: HashMap<String, String>,
+    /// For `options.auth` of type oauth2_refresh_token: the access token the SQL layer got for
+    /// its `RefreshGrant`.
+    pub access_token: Option<String>,
 }
 
 /// One HTTP request, ready to send.
@@ -279,6 +282,106 @@ enum Auth {
         secret: Option<String>,
         scope: Option<String>,
     },
+    #[serde(rename = "oauth2_refresh_token")]
+    OAuth2RefreshToken {
+        token_url: String,
+        client_id: String,
+        client_secret: Option<String>,
+        secret: Option<String>,
+        /// The secret that holds the refresh token, replaced when the endpoint rotates it.
+        refresh_token_secret: String,
+        scope: Option<String>,
+    },
+}
+
+/// `options.auth` of type oauth2_refresh_token, resolved: what the SQL layer exchanges (in a
+/// worker that commits a rotated refresh token at once) for the access token the request sends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RefreshGrant {
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: String,
+    /// The name of the caller's secret holding the refresh token.
+    pub refresh_token_secret: String,
+    pub scope: Option<String>,
+}
+
+/// The refresh grant `options.auth` describes, if it is of type oauth2_refresh_token: checked
+/// (its token URL by the network policy) before any exchange. `stored`: the values of
+/// `secret_names`.
+pub fn refresh_grant(
+    options: Option<&Value>,
+    stored: &HashMap<String, String>,
+    limits: &Limits,
+) -> Result<Option<RefreshGrant>> {
+    let Some(auth) = options.and_then(|o| o.get("auth")) else {
+        return Ok(None);
+    };
+    // A malformed auth is reported by the options' own parse, with every other key.
+    let Ok(Auth::OAuth2RefreshToken {
+        token_url,
+        client_id,
+        client_secret,
+        secret,
+        refresh_token_secret,
+        scope,
+    }) = Auth::deserialize(auth)
+    else {
+        return Ok(None);
+    };
+    let client_secret = stored_or_inline(
+        "oauth2_refresh_token",
+        "client_secret",
+        &client_secret,
+        &secret,
+        stored,
+    )?;
+    let token_url = parse_token_url(&token_url)?;
+    limits.policy.check_url(&token_url).map_err(|denied| {
+        denied
+            .into_error()
+            .redact(std::slice::from_ref(&client_secret))
+    })?;
+    Ok(Some(RefreshGrant {
+        token_url,
+        client_id,
+        client_secret,
+        refresh_token_secret,
+        scope,
+    }))
+}
+
+/// `options.auth.token_url`, parsed.
+fn parse_token_url(text: &str) -> Result<Url> {
+    parse_url(Some(text)).map_err(|e| Error {
+        message: format!("options.auth.token_url: {}", e.message),
+        ..e
+    })
+}
+
+/// A credential given inline (`value`) or by the name of a stored secret: exactly one of them.
+fn stored_or_inline(
+    kind: &str,
+    field: &str,
+    value: &Option<String>,
+    secret: &Option<String>,
+    stored: &HashMap<String, String>,
+) -> Result<String> {
+    match (value, secret) {
+        (Some(value), None) => Ok(value.clone()),
+        (None, Some(name)) => stored.get(name).cloned().ok_or_else(|| {
+            Error::new(
+                SqlState::UndefinedObject,
+                format!("secret \"{name}\" does not exist"),
+            )
+            .with_hint(
+                "create it with apisync.create_secret(name, value), as the role that uses it",
+            )
+        }),
+        _ => Err(Error::invalid(format!(
+            "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
+        ))),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -484,6 +587,7 @@ pub(crate) fn parse_common(
         Some(auth) => apply_auth(
             auth,
             &args.secrets,
+            args.access_token.as_deref(),
             &mut credentials,
             &mut headers,
             &mut secrets,
@@ -809,26 +913,13 @@ fn query_values(name: &str, value: &Value) -> Result<Vec<String>> {
 fn apply_auth(
     auth: &Auth,
     stored: &HashMap<String, String>,
+    access_token: Option<&str>,
     credentials: &mut Credentials,
     headers: &mut HeaderMap,
     secrets: &mut Vec<String>,
 ) -> Result<Option<OAuth2>> {
-    let inline = |kind: &str, field: &str, value: &Option<String>, secret: &Option<String>| match (
-        value, secret,
-    ) {
-        (Some(value), None) => Ok(value.clone()),
-        (None, Some(name)) => stored.get(name).cloned().ok_or_else(|| {
-            Error::new(
-                SqlState::UndefinedObject,
-                format!("secret \"{name}\" does not exist"),
-            )
-            .with_hint(
-                "create it with apisync.create_secret(name, value), as the role that uses it",
-            )
-        }),
-        _ => Err(Error::invalid(format!(
-            "options.auth of type {kind} needs exactly one of \"{field}\" and \"secret\""
-        ))),
+    let inline = |kind: &str, field: &str, value: &Option<String>, secret: &Option<String>| {
+        stored_or_inline(kind, field, value, secret, stored)
     };
     match auth {
         Auth::Bearer { token, secret } => {
@@ -887,16 +978,34 @@ fn apply_auth(
                 secret,
             )?;
             secrets.push(client_secret.clone());
-            let token_url = parse_url(Some(token_url)).map_err(|e| Error {
-                message: format!("options.auth.token_url: {}", e.message),
-                ..e
-            })?;
+            let token_url = parse_token_url(token_url)?;
             return Ok(Some(OAuth2 {
                 token_url,
                 client_id: client_id.clone(),
                 client_secret,
                 scope: scope.clone(),
             }));
+        }
+        Auth::OAuth2RefreshToken {
+            token_url,
+            client_secret,
+            secret,
+            ..
+        } => {
+            let client_secret = inline(
+                "oauth2_refresh_token",
+                "client_secret",
+                client_secret,
+                secret,
+            )?;
+            secrets.push(client_secret);
+            parse_token_url(token_url)?;
+            let token = access_token.ok_or_else(|| {
+                Error::internal("options.auth of type oauth2_refresh_token has no access token")
+            })?;
+            secrets.push(token.to_string());
+            let value = format!("Bearer {token}");
+            credential_header(headers, credentials, reqwest::header::AUTHORIZATION, value)?;
         }
     }
     Ok(None)

@@ -39,6 +39,7 @@ struct RequestTemplate {
     headers: Option<Value>,
     options: Option<Value>,
     secrets: HashMap<String, String>,
+    access_token: Option<String>,
 }
 
 /// The parameter sets of a call, kept as the JSON text they came in (each parsed when its turn
@@ -179,6 +180,7 @@ impl FanOut {
                 headers: args.headers.clone(),
                 options: args.options.clone(),
                 secrets: args.secrets.clone(),
+                access_token: args.access_token.clone(),
             },
             names,
             limits: limits.clone(),
@@ -221,6 +223,7 @@ impl FanOut {
             headers,
             options,
             secrets: template.secrets.clone(),
+            access_token: template.access_token.clone(),
         })
     }
 
