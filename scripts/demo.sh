@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: build and install pg_apisync, start the bundled demo API on loopback and a throwaway
-# PostgreSQL 15 cluster, load the API's users into a table with one INSERT ... SELECT, show them,
-# and stop everything it started.
+# PostgreSQL 15 cluster, then from preview to job: a one-request preview, a table suggested from
+# the data, a load with one INSERT ... SELECT, a scheduled job; show the rows, and stop everything
+# it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -18,47 +19,41 @@ echo "   $api_url"
 echo "== starting a throwaway PostgreSQL 15 cluster"
 start_cluster
 
-echo "== syncing $api_url/api/users into table users"
-psql_run -q <<'SQL'
-CREATE EXTENSION pg_apisync;
-CREATE TABLE users (
-    id bigint PRIMARY KEY,
-    name text NOT NULL,
-    email text,
-    city text,
-    score numeric(5,2),
-    signup_time timestamptz,
-    active boolean,
-    tags text[]
-);
-SQL
+echo "== from preview to job: $api_url/api/users into table users"
+psql_run -q -c 'CREATE EXTENSION pg_apisync'
 psql_run -e <<'SQL'
--- A preview of the API: the first rows as jsonb.
+-- 1. A preview of the API: one request, the first rows as jsonb.
 SELECT * FROM api_fetch(:'api' || '/api/users', 'POST',
-                        '{"paging": {"pageSize": 3, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}',
-                        '$.data');
+                        '{"paging": {"pageSize": 100, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}',
+                        '$.data', options => '{"max_rows": 3}');
 
--- The load: typed by the table's row type, signupTime mapped to signup_time.
+-- 2. A table for it, suggested from the first page: names in snake_case, types every sampled
+--    value converts to, a primary key on id, and the columns map in the table's comment.
+SELECT apisync.suggest_table('users', :'api' || '/api/users', 'POST',
+                             '{"paging": {"pageSize": 100, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}',
+                             '$.data') AS ddl \gset
+:ddl
+
+-- 3. The load: typed by the table's row type, keys renamed by the map (signupTime -> signup_time).
 INSERT INTO users
 SELECT * FROM api_fetch(:'api' || '/api/users', 'POST',
                         '{"paging": {"pageSize": 100, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}',
                         '$.data',
-                        options  => '{"columns": {"signup_time": "$.signupTime"}}',
+                        options  => jsonb_build_object('columns', obj_description('users'::regclass)::jsonb),
                         row_type => NULL::users);
 
 SELECT id, name, email, city, score, signup_time, active, tags FROM users ORDER BY id LIMIT 10;
-SELECT count(*) AS users, round(avg(score), 2) AS avg_score, count(*) FILTER (WHERE 'vip' = ANY (tags)) AS vips FROM users;
+SELECT count(*) AS users, round(avg(score::numeric), 2) AS avg_score, count(*) FILTER (WHERE 'vip' = ANY (tags)) AS vips FROM users;
 
--- A sync job: all pages, 20 users a page, upserted by primary key, every 5 seconds by the
--- extension's background worker (and now, by hand).
-CREATE TABLE users_synced (LIKE users INCLUDING ALL);
+-- 4. A sync job: all pages, 20 users a page, upserted by primary key, every 5 seconds by the
+--    extension's background worker (and now, by hand). create_target makes its table from a
+--    sample, in the same transaction, with the columns map stored in the job.
 SELECT apisync.create_job('users', 'users_synced', :'api' || '/api/users', 'POST',
                           '{"paging": {"pageSize": 20, "pageNum": 1}, "params": [{"name": "name", "value": ""}]}',
                           '$.data',
                           paging => '{"type": "page_number", "in": "body", "page_param": "paging.pageNum",
                                       "size_param": "paging.pageSize", "page_size": 20, "total_path": "$.totalNum"}',
-                          options => '{"columns": {"signup_time": "$.signupTime"}}',
-                          write_method => 'upsert', schedule => '5 seconds');
+                          write_method => 'upsert', schedule => '5 seconds', create_target => true);
 SELECT run_id, status, pages, rows_fetched, rows_inserted, rows_updated FROM apisync.run_job('users');
 SELECT pg_sleep(6);
 SELECT run_id, trigger, status, requests, pages, rows_fetched, rows_inserted, rows_updated, rows_deleted,

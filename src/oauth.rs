@@ -48,6 +48,13 @@ pub fn access_token(
     stored: &HashMap<String, String>,
     tokens: Tokens,
 ) -> Option<String> {
+    let auth_type = options
+        .and_then(|o| o.get("auth"))
+        .and_then(|auth| auth.get("type"))
+        .and_then(Value::as_str);
+    if auth_type != Some("oauth2_refresh_token") {
+        return None;
+    }
     let limits = crate::settings::limits().or_raise();
     let grant = refresh_grant(options, stored, &limits).or_raise()?;
     if !crate::sql::secrets::exists(role, &grant.refresh_token_secret) {

@@ -147,6 +147,7 @@ pub fn start(
         run,
         step_pages: None,
         secrets,
+        warn_cut: true,
     }
 }
 
@@ -239,6 +240,8 @@ pub struct Fetch {
     step_pages: Option<u32>,
     /// The request's credentials: a value the API echoes into a row never shows in an error.
     secrets: Vec<String>,
+    /// Whether a cut by `max_pages` is news (a WARNING); a sample asks for its first page.
+    warn_cut: bool,
 }
 
 impl Drop for Fetch {
@@ -264,6 +267,11 @@ impl Fetch {
     /// The type of the rows.
     pub fn typoid(&self) -> pg_sys::Oid {
         self.maker.typoid()
+    }
+
+    /// A sample: its `max_pages` stops it where it asked, which is no news.
+    pub fn expect_cut(&mut self) {
+        self.warn_cut = false;
     }
 
     /// Lets the fetch take `pages` more pages, then pause (until the next step).
@@ -366,7 +374,7 @@ impl Fetch {
         let Some(stream) = self.stream.as_mut() else {
             return false;
         };
-        match next_page(self.runtime, stream, self.run.as_mut()) {
+        match next_page(self.runtime, stream, self.run.as_mut(), self.warn_cut) {
             Some(page) => {
                 // A step ends with a page, not inside one whose body is still arriving.
                 if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {
@@ -403,6 +411,7 @@ fn next_page(
     runtime: &Runtime,
     stream: &mut PageStream,
     mut run: Option<&mut RunTally>,
+    warn_cut: bool,
 ) -> Option<Page> {
     loop {
         match interrupt::wait(runtime, stream.next())
@@ -422,10 +431,13 @@ fn next_page(
                 if let Some(run) = run.as_mut() {
                     run.cut = Some(cut);
                 }
-                // max_rows asks for a sample: getting it is no news.
-                let Cut::MaxPages(max_pages) = cut else {
-                    pgrx::debug1!("api_fetch stopped after options.max_rows rows");
-                    continue;
+                // max_rows asks for a sample, as a sample's max_pages does: getting it is no news.
+                let max_pages = match cut {
+                    Cut::MaxPages(max_pages) if warn_cut => max_pages,
+                    _ => {
+                        pgrx::debug1!("api_fetch stopped by {}", cut.option());
+                        continue;
+                    }
                 };
                 pgrx::ereport!(
                     PgLogLevel::WARNING,

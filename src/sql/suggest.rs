@@ -46,6 +46,7 @@ pub fn sample_options(options: Value, paging: Option<&Value>) -> Result<Value> {
 /// checked first).
 pub fn sample(spec: FetchSpec, role: Oid) -> Vec<Value> {
     let mut fetch = start(spec, pg_sys::JSONBOID, Requester::Role(role), None);
+    fetch.expect_cut();
     let mut rows = Vec::new();
     while let Some(row) = fetch.next_value() {
         rows.push(row);

@@ -1129,6 +1129,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_refresh_grant_is_resolved_and_its_access_token_sent_as_bearer() {
+        let options = json!({"auth": {"type": "oauth2_refresh_token", "token_url": "http://127.0.0.1:1/token",
+            "client_id": "c", "secret": "client", "refresh_token_secret": "rt"}});
+        let stored: HashMap<String, String> = [("client".to_string(), "s3cret".to_string())].into();
+        let grant = refresh_grant(Some(&options), &stored, &limits())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                grant.client_secret.as_str(),
+                grant.refresh_token_secret.as_str()
+            ),
+            ("s3cret", "rt")
+        );
+        // Any other auth is no refresh grant; a missing client secret is 42704.
+        let bearer = json!({"auth": {"type": "bearer", "token": "t"}});
+        assert_eq!(
+            refresh_grant(Some(&bearer), &stored, &limits()).unwrap(),
+            None
+        );
+        let err = refresh_grant(Some(&options), &HashMap::new(), &limits()).unwrap_err();
+        assert_eq!(err.state, SqlState::UndefinedObject);
+        let spec = parse_request(
+            RequestArgs {
+                url: Some("http://127.0.0.1:1/api"),
+                options: Some(options),
+                secrets: stored,
+                access_token: Some("at-1".into()),
+                ..Default::default()
+            },
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(spec.headers[reqwest::header::AUTHORIZATION], "Bearer at-1");
+        assert!(
+            spec.secrets.contains(&"at-1".to_string())
+                && spec.secrets.contains(&"s3cret".to_string())
+        );
+    }
+
     fn request(url: &str, options: Value) -> Result<RequestSpec> {
         parse_request(
             RequestArgs {
