@@ -80,6 +80,10 @@ SELECT pg_temp.try($$SELECT apisync.create_job('j2', 'no_such_schema.t', 'http:/
 SELECT pg_temp.try($$SELECT apisync.create_job('j2', 'bad name!', 'http://127.0.0.1:9/x')$$);
 SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"max_rows": 0}')$$);
 SELECT pg_temp.try($$SELECT api_request('http://127.0.0.1:9/x', options => '{"max_rows": 1}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"auth": {"type": "oauth2_refresh_token", "token_url": "http://127.0.0.1:9/token", "client_id": "c", "client_secret": "s", "refresh_token_secret": "no_such_secret"}}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"auth": {"type": "oauth2_refresh_token", "token_url": "http://127.0.0.1:9/token", "client_id": "c", "refresh_token_secret": "rt"}}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"auth": {"type": "oauth2_refresh_token", "token_url": "http://169.254.169.254/token", "client_id": "c", "client_secret": "cs-9f8e7d", "refresh_token_secret": "rt"}}')$$);
+SELECT pg_temp.try($$SELECT * FROM api_fetch('http://127.0.0.1:9/x', options => '{"auth": {"type": "oauth2_refresh_token", "token_url": "http://127.0.0.1:9/token", "client_id": "c", "client_secret": "s"}}')$$);
 SELECT pg_temp.try($$SELECT apisync.suggest_table(NULL, 'http://127.0.0.1:9/x')$$);
 SELECT pg_temp.try($$SELECT apisync.suggest_table('t', 'http://127.0.0.1:9/x', options => '{"columns": {}}')$$);
 SELECT pg_temp.try($$SELECT apisync.suggest_table('t', 'http://127.0.0.1:9/x', options => '{"max_rows": 0}')$$);
