@@ -135,7 +135,8 @@ pub fn start(
         .layout()
         .and_then(|layout| Plan::new(layout, &spec.path, spec.paging.as_ref()));
     let http = Http::get().or_raise();
-    let stream = PageStream::start(http, Arc::new(spec), plan).or_raise();
+    let tape = maker.wants_tape();
+    let stream = PageStream::start(http, Arc::new(spec), plan, tape).or_raise();
     Fetch {
         runtime: &http.runtime,
         stream: Some(stream),
@@ -315,6 +316,7 @@ impl Fetch {
                         None => self.maker.fill(self.number, &rows[at]),
                     },
                     PageRows::Compact(page) => self.maker.fill_compact(self.number, page, at),
+                    PageRows::Tape(tape) => self.maker.fill_tape(self.number, tape, at),
                     PageRows::Bad(bad) => Err(bad.error.clone()),
                 }
                 .and_then(|()| self.maker.fill_params(self.number, params));
@@ -325,11 +327,7 @@ impl Fetch {
                 if self.run.is_none() {
                     raise(error)
                 }
-                let raw = match &self.page {
-                    PageRows::Values(rows) => rows[at].clone(),
-                    PageRows::Compact(page) => page.row_value(at),
-                    PageRows::Bad(bad) => bad.raw.clone(),
-                };
+                let raw = self.page.row_value(at);
                 let rejected = Rejected {
                     row_number: self.number as i64,
                     raw,
@@ -354,11 +352,10 @@ impl Fetch {
                 let at = self.at;
                 self.at += 1;
                 self.number += 1;
-                return Some(match &self.page {
-                    PageRows::Values(rows) => rows[at].clone(),
-                    PageRows::Compact(page) => page.row_value(at),
-                    PageRows::Bad(bad) => raise(bad.error.clone().redact(&self.secrets)),
-                });
+                if let PageRows::Bad(bad) = &self.page {
+                    raise(bad.error.clone().redact(&self.secrets))
+                }
+                return Some(self.page.row_value(at));
             }
             if !self.turn_page() {
                 return None;

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{snippet, Error, Result, SqlState};
 use crate::extract::cells::{Cell, Compact, Layout, Want};
+use crate::extract::tape::{Tape, Token};
 use crate::extract::{iso8601_micros, ColumnKey, RowPath};
 use crate::spec::json_kind;
 use crate::spec::ColumnSource;
@@ -65,6 +66,8 @@ struct Converter {
     ioparam: Oid,
     /// The text handed to the input function, NUL-terminated; reused from value to value.
     text: Vec<u8>,
+    /// The arrays of jsonb trees, reused from value to value (jsonb only).
+    jsonb: JsonbTree,
 }
 
 enum Kind {
@@ -206,6 +209,33 @@ impl RowMaker {
             self.nulls[i] = converted.is_none();
             self.values[i] = converted.unwrap_or(Datum::from(0));
         }
+        Ok(())
+    }
+
+    /// Whether rows are plain jsonb, made best from JSON tokens (`fill_tape`).
+    pub fn wants_tape(&self) -> bool {
+        matches!(&self.shape, Shape::Scalar(converter, params)
+            if converter.typoid == pg_sys::JSONBOID && params.is_empty())
+    }
+
+    /// `fill` for row `row` of a page of JSON tokens (jsonb rows).
+    pub fn fill_tape(&mut self, number: u64, tape: &Tape, row: usize) -> Result<()> {
+        let Shape::Scalar(converter, _) = &mut self.shape else {
+            return self.fill(number, &tape.row_value(row));
+        };
+        let at = tape.row(row);
+        let converted = match tape.token(at) {
+            Token::Null => None,
+            _ => Some(converter.jsonb.tape_datum(tape, at).map_err(|failure| {
+                failure.at(
+                    format!("api_fetch row {number}"),
+                    &tape.row_value(row),
+                    converter.typoid,
+                )
+            })?),
+        };
+        self.nulls[0] = converted.is_none();
+        self.values[0] = converted.unwrap_or(Datum::from(0));
         Ok(())
     }
 
@@ -479,6 +509,7 @@ impl Converter {
             input,
             ioparam,
             text: Vec::new(),
+            jsonb: JsonbTree::default(),
         })
     }
 
@@ -553,6 +584,9 @@ impl Converter {
                 .filter(|v| v.is_finite())
                 .and_then(|v| v.into_datum()),
             (Kind::Bool, Value::Bool(b)) => Some(Datum::from(*b)),
+            (Kind::Json, value) if self.typoid == pg_sys::JSONBOID => {
+                Some(self.jsonb.value_datum(value)?)
+            }
             (Kind::Text, Value::String(s)) => Some(text_datum(s)?),
             (Kind::Text, other) => Some(text_datum(&other.to_string())?),
             (Kind::Timestamp { .. }, Value::Number(n)) => {
@@ -628,19 +662,7 @@ impl Converter {
             // SAFETY: a valid FmgrInfo for the type's input function and a NUL-terminated string.
             pg_sys::InputFunctionCall(input, text, ioparam, typmod)
         }));
-        match called {
-            Ok(datum) => Ok(datum),
-            Err(payload) => match payload.downcast::<CaughtError>() {
-                Ok(caught) => match *caught {
-                    CaughtError::PostgresError(report) => Err(Failure {
-                        state: SqlState::Raised(report.sql_error_code() as i32),
-                        reason: report.message().to_string(),
-                    }),
-                    other => resume_unwind(Box::new(other)),
-                },
-                Err(payload) => resume_unwind(payload),
-            },
-        }
+        called.map_err(Failure::caught)
     }
 }
 
@@ -673,6 +695,20 @@ impl ArrayElement {
 }
 
 impl Failure {
+    /// The ERROR a Postgres function raised (caught as pgrx's panic); anything else unwinds on.
+    fn caught(payload: Box<dyn std::any::Any + Send>) -> Failure {
+        match payload.downcast::<CaughtError>() {
+            Ok(caught) => match *caught {
+                CaughtError::PostgresError(report) => Failure {
+                    state: SqlState::Raised(report.sql_error_code() as i32),
+                    reason: report.message().to_string(),
+                },
+                other => resume_unwind(Box::new(other)),
+            },
+            Err(payload) => resume_unwind(payload),
+        }
+    }
+
     /// The failure of element `i` (0-based) of an array.
     fn element(self, i: usize) -> Failure {
         Failure {
@@ -713,6 +749,258 @@ pub fn converts_all(typoid: Oid, values: &[&Value]) -> Result<bool> {
             let mut converter = Converter::new(typoid, -1)?;
             Ok(values.iter().all(|value| converter.convert(value).is_ok()))
         })
+    }
+}
+
+/// jsonb Datums made by Postgres's own builder (`JsonbValueToJsonb` over a `JsonbValue` tree)
+/// from a parsed value or from JSON tokens: no JSON text printed for `jsonb_in` to lex again.
+/// Object keys are put in jsonb's order (length first) here, duplicates keeping the last value as
+/// jsonb_in does. The tree's arrays are kept from value to value: no allocation per node.
+#[derive(Default)]
+struct JsonbTree {
+    /// Arrays of the tree being built, and spare ones.
+    elements: Vec<Vec<pg_sys::JsonbValue>>,
+    pairs: Vec<Vec<pg_sys::JsonbPair>>,
+    used_elements: usize,
+    used_pairs: usize,
+}
+
+/// Where a tree's values come from.
+trait JsonSource {
+    fn node(&self, tree: &mut JsonbTree) -> Result<pg_sys::JsonbValue, Failure>;
+}
+
+impl JsonbTree {
+    fn value_datum(&mut self, value: &Value) -> Result<Datum, Failure> {
+        self.datum(value)
+    }
+
+    fn tape_datum(&mut self, tape: &Tape, at: usize) -> Result<Datum, Failure> {
+        self.datum(&(tape, at))
+    }
+
+    fn datum(&mut self, source: &dyn JsonSource) -> Result<Datum, Failure> {
+        self.used_elements = 0;
+        self.used_pairs = 0;
+        let mut root = source.node(self)?;
+        // SAFETY: `root` and every array it points to live in `self` (and the source) until the
+        // call returns; the result is palloc'd in the current context.
+        let jsonb = unsafe { pg_sys::JsonbValueToJsonb(&mut root) };
+        Ok(Datum::from(jsonb))
+    }
+
+    /// A spare array for elements (cleared), its index in `elements`.
+    fn take_elements(&mut self) -> usize {
+        if self.used_elements == self.elements.len() {
+            self.elements.push(Vec::new());
+        }
+        self.used_elements += 1;
+        let at = self.used_elements - 1;
+        self.elements[at].clear();
+        at
+    }
+
+    fn take_pairs(&mut self) -> usize {
+        if self.used_pairs == self.pairs.len() {
+            self.pairs.push(Vec::new());
+        }
+        self.used_pairs += 1;
+        let at = self.used_pairs - 1;
+        self.pairs[at].clear();
+        at
+    }
+
+    /// The array node of the elements in `elements[at]`.
+    fn array(&self, at: usize) -> pg_sys::JsonbValue {
+        let elements = &self.elements[at];
+        let mut node = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvArray,
+            ..Default::default()
+        };
+        node.val.array.nElems = elements.len() as i32;
+        node.val.array.elems = elements.as_ptr().cast_mut();
+        node.val.array.rawScalar = false;
+        node
+    }
+
+    /// The object node of the pairs in `pairs[at]`, sorted and made unique first.
+    fn object(&mut self, at: usize) -> pg_sys::JsonbValue {
+        let pairs = &mut self.pairs[at];
+        for (i, pair) in pairs.iter_mut().enumerate() {
+            pair.order = i as u32;
+        }
+        // Stable: of equal keys the last sent stays last, and is the one kept.
+        pairs.sort_by(|a, b| {
+            let (a, b) = (key_bytes(&a.key), key_bytes(&b.key));
+            a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+        });
+        let mut kept = 0;
+        for i in 0..pairs.len() {
+            if kept > 0 && key_bytes(&pairs[kept - 1].key) == key_bytes(&pairs[i].key) {
+                pairs[kept - 1] = pairs[i];
+            } else {
+                pairs[kept] = pairs[i];
+                kept += 1;
+            }
+        }
+        pairs.truncate(kept);
+        let mut node = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvObject,
+            ..Default::default()
+        };
+        node.val.object.nPairs = pairs.len() as i32;
+        node.val.object.pairs = pairs.as_mut_ptr();
+        node
+    }
+}
+
+/// The bytes of a string node.
+fn key_bytes(node: &pg_sys::JsonbValue) -> &[u8] {
+    // SAFETY: key nodes are strings pointing at text that outlives the tree.
+    unsafe {
+        std::slice::from_raw_parts(
+            node.val.string.val.cast::<u8>(),
+            node.val.string.len as usize,
+        )
+    }
+}
+
+impl JsonSource for Value {
+    fn node(&self, tree: &mut JsonbTree) -> Result<pg_sys::JsonbValue, Failure> {
+        Ok(match self {
+            Value::Null => scalar(pg_sys::jbvType::jbvNull),
+            Value::Bool(b) => {
+                let mut node = scalar(pg_sys::jbvType::jbvBool);
+                node.val.boolean = *b;
+                node
+            }
+            Value::Number(n) => numeric_node(&n.to_string())?,
+            Value::String(s) => jsonb_string(s)?,
+            Value::Array(items) => {
+                // The array is this node's before its children take theirs; its buffer may grow
+                // until `array` points at it.
+                let at = tree.take_elements();
+                for item in items {
+                    let element = item.node(tree)?;
+                    tree.elements[at].push(element);
+                }
+                tree.array(at)
+            }
+            Value::Object(map) => {
+                let at = tree.take_pairs();
+                for (key, item) in map {
+                    let pair = pg_sys::JsonbPair {
+                        key: jsonb_string(key)?,
+                        value: item.node(tree)?,
+                        order: 0,
+                    };
+                    tree.pairs[at].push(pair);
+                }
+                tree.object(at)
+            }
+        })
+    }
+}
+
+impl JsonSource for (&Tape, usize) {
+    fn node(&self, tree: &mut JsonbTree) -> Result<pg_sys::JsonbValue, Failure> {
+        let (tape, at) = *self;
+        Ok(match tape.token(at) {
+            Token::Null => scalar(pg_sys::jbvType::jbvNull),
+            Token::Bool(b) => {
+                let mut node = scalar(pg_sys::jbvType::jbvBool);
+                node.val.boolean = b;
+                node
+            }
+            Token::Number(span) => numeric_node(tape.str(span))?,
+            Token::String(span) => jsonb_string(tape.str(span))?,
+            Token::Array { len, .. } => {
+                let array = tree.take_elements();
+                let mut i = at + 1;
+                for _ in 0..len {
+                    let element = (tape, i).node(tree)?;
+                    tree.elements[array].push(element);
+                    i = tape.next(i);
+                }
+                tree.array(array)
+            }
+            Token::Object { len, .. } => {
+                let object = tree.take_pairs();
+                let mut i = at + 1;
+                for _ in 0..len {
+                    let Token::String(key) = tape.token(i) else {
+                        break;
+                    };
+                    let pair = pg_sys::JsonbPair {
+                        key: jsonb_string(tape.str(key))?,
+                        value: (tape, i + 1).node(tree)?,
+                        order: 0,
+                    };
+                    tree.pairs[object].push(pair);
+                    i = tape.next(i + 1);
+                }
+                tree.object(object)
+            }
+        })
+    }
+}
+
+fn scalar(kind: pg_sys::jbvType::Type) -> pg_sys::JsonbValue {
+    pg_sys::JsonbValue {
+        type_: kind,
+        ..Default::default()
+    }
+}
+
+fn numeric_node(text: &str) -> Result<pg_sys::JsonbValue, Failure> {
+    let mut node = scalar(pg_sys::jbvType::jbvNumeric);
+    node.val.numeric = numeric(text)?;
+    Ok(node)
+}
+
+/// A jsonb string node pointing at `s`, which outlives the tree; jsonb cannot hold NUL.
+fn jsonb_string(s: &str) -> Result<pg_sys::JsonbValue, Failure> {
+    if s.contains('\0') {
+        return Err(Failure {
+            state: SqlState::Raised(pgrx::PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER as i32),
+            reason: "unsupported Unicode escape sequence: \\u0000 cannot be converted to text"
+                .into(),
+        });
+    }
+    let mut node = pg_sys::JsonbValue {
+        type_: pg_sys::jbvType::jbvString,
+        ..Default::default()
+    };
+    node.val.string.len = s.len() as i32;
+    node.val.string.val = s.as_ptr().cast_mut().cast();
+    Ok(node)
+}
+
+/// A JSON number's text as numeric, as jsonb_in makes it: integers directly, the rest by
+/// numeric_in.
+fn numeric(text: &str) -> Result<pg_sys::Numeric, Failure> {
+    if let Ok(i) = text.parse::<i64>() {
+        // SAFETY: a palloc'd numeric in the current context.
+        return Ok(unsafe { pg_sys::int64_to_numeric(i) });
+    }
+    let text = std::ffi::CString::new(text).map_err(|_| Failure::nul())?;
+    let called = catch_unwind(AssertUnwindSafe(|| unsafe {
+        // SAFETY: numeric_in on a NUL-terminated string, typmod -1.
+        pgrx::direct_function_call::<Datum>(
+            pg_sys::numeric_in,
+            &[
+                Some(Datum::from(text.as_ptr())),
+                Some(Datum::from(pg_sys::InvalidOid)),
+                Some(Datum::from(-1i32)),
+            ],
+        )
+    }));
+    match called.map_err(Failure::caught)? {
+        Some(datum) => Ok(datum.cast_mut_ptr()),
+        None => Err(Failure {
+            state: SqlState::Internal,
+            reason: "numeric_in returned NULL".into(),
+        }),
     }
 }
 

@@ -42,6 +42,16 @@ fn assert_all_users(path: &str, args: &str, requests: u64) {
     assert_eq!(api().requests_to(path), requests, "{path}");
 }
 
+/// `text` percent-encoded for a query string (devapi's `/fixture?body=`).
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 mod api_fetch;
 mod api_request;
 mod auth;

@@ -298,15 +298,6 @@ fn suggest_table_chooses_names_types_and_keys() {
     assert!(ddl.contains("    a bigint NOT NULL"), "{ddl}");
 }
 
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn suggest_table_refuses_what_it_cannot_use() {
     let url = lit(&api().url("/types"));

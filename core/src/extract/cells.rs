@@ -615,7 +615,7 @@ impl Builder<'_> {
     }
 }
 
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+pub(crate) const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// How a column of the row being parsed was filled.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,6 +4,7 @@
 //! extension's `sql::rows`.
 
 pub mod cells;
+pub mod tape;
 
 use serde_json::Value;
 use serde_json_path::JsonPath;

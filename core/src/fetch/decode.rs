@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::PageRows;
 use crate::error::{Error, Result, SqlState};
 use crate::extract::cells::{self, FieldPage, Layout, Plan};
+use crate::extract::tape::Tape;
 use crate::extract::RowPath;
 use crate::spec::{CsvDialect, Format, RequestSpec};
 
@@ -29,6 +30,8 @@ pub struct BadRecord {
 pub struct Shape<'a> {
     /// Typed rows in cells (`None`: rows as JSON values).
     pub plan: Option<&'a Plan>,
+    /// Batches are parsed into JSON tokens (jsonb rows).
+    pub tape: bool,
     pub path: &'a RowPath,
     /// The request: its URL as errors show it, and the secrets they never show.
     pub request: &'a RequestSpec,
@@ -286,7 +289,12 @@ impl Shape<'_> {
             },
             None => buf,
         };
-        if let Ok(rows) = serde_json::from_slice::<Vec<Value>>(&buf) {
+        if self.tape {
+            if let Ok(tape) = Tape::parse(&buf) {
+                ready.push(PageRows::Tape(tape));
+                return Ok(());
+            }
+        } else if let Ok(rows) = serde_json::from_slice::<Vec<Value>>(&buf) {
             ready.push(PageRows::Values(rows));
             return Ok(());
         }
@@ -973,6 +981,7 @@ mod tests {
         let request = crate::spec::parse_request(args, &crate::spec::test_limits()).unwrap();
         let shape = Shape {
             plan,
+            tape: false,
             path: &path,
             request: &request,
         };
@@ -1107,6 +1116,7 @@ mod tests {
         let path = path("$.data");
         let shape = Shape {
             plan: None,
+            tape: false,
             path: &path,
             request: &request,
         };

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::extract::cells::{self, Compact, Plan};
+use crate::extract::tape::Tape;
 use crate::policy::{NetworkPolicy, PolicyResolver};
 use body::BodyStream;
 use decode::{BadRecord, Decoder, Shape};
@@ -133,6 +134,8 @@ pub struct Page {
 pub enum PageRows {
     Values(Vec<Value>),
     Compact(Compact),
+    /// Rows as JSON tokens, for jsonb rows (`PageStream::start` with `tape`).
+    Tape(Tape),
     Bad(BadRecord),
 }
 
@@ -155,6 +158,7 @@ impl PageRows {
         match self {
             PageRows::Values(rows) => rows.len(),
             PageRows::Compact(page) => page.len(),
+            PageRows::Tape(tape) => tape.len(),
             PageRows::Bad(_) => 1,
         }
     }
@@ -163,11 +167,22 @@ impl PageRows {
         self.len() == 0
     }
 
+    /// Row `at` as the API sent it (a bad one: its raw text).
+    pub fn row_value(&self, at: usize) -> Value {
+        match self {
+            PageRows::Values(rows) => rows[at].clone(),
+            PageRows::Compact(page) => page.row_value(at),
+            PageRows::Tape(tape) => tape.row_value(at),
+            PageRows::Bad(bad) => bad.raw.clone(),
+        }
+    }
+
     /// Keeps the first `len` rows.
     fn truncate(&mut self, len: usize) {
         match self {
             PageRows::Values(rows) => rows.truncate(len),
             PageRows::Compact(page) => page.truncate(len),
+            PageRows::Tape(tape) => tape.truncate(len),
             PageRows::Bad(_) if len == 0 => *self = PageRows::default(),
             PageRows::Bad(_) => {}
         }
@@ -178,6 +193,7 @@ impl PageRows {
         match self {
             PageRows::Values(rows) => rows,
             PageRows::Compact(page) => page.into_values(),
+            PageRows::Tape(tape) => (0..tape.len()).map(|i| tape.row_value(i)).collect(),
             PageRows::Bad(bad) => vec![bad.raw],
         }
     }
@@ -233,8 +249,14 @@ pub struct PageStream {
 }
 
 impl PageStream {
-    /// Starts fetching; with a `plan`, pages that fit it are parsed into cells.
-    pub fn start(http: &Http, spec: Arc<FetchSpec>, plan: Option<Plan>) -> Result<PageStream> {
+    /// Starts fetching; with a `plan`, pages that fit it are parsed into cells; with `tape`
+    /// (jsonb rows), streamed batches are parsed into JSON tokens.
+    pub fn start(
+        http: &Http,
+        spec: Arc<FetchSpec>,
+        plan: Option<Plan>,
+        tape: bool,
+    ) -> Result<PageStream> {
         let client = http.client(&spec.request.policy)?;
         let (events, rx) = mpsc::channel(PAGE_BUFFER);
         let (done, returned) = mpsc::unbounded_channel();
@@ -249,6 +271,7 @@ impl PageStream {
                 client: &client,
                 spec: &spec,
                 plan: plan.as_ref(),
+                tape,
                 route: route.as_ref(),
             };
             if let Err(error) = produce(fetch, &tx).await {
@@ -371,6 +394,8 @@ struct Fetch<'a> {
     client: &'a Client,
     spec: &'a FetchSpec,
     plan: Option<&'a Plan>,
+    /// Rows as JSON tokens (jsonb rows).
+    tape: bool,
     /// The names that lead to the rows, when a JSON body can stream (`cells::route_of`).
     route: Option<&'a (Vec<String>, bool)>,
 }
@@ -793,6 +818,7 @@ async fn read_page(
     crate::spec::format::check(&format, spec.path.text(), spec.paging.as_ref())?;
     let shape = Shape {
         plan: fetch.plan,
+        tape: fetch.tape,
         path: &spec.path,
         request,
     };
