@@ -345,6 +345,21 @@ impl Fetch {
         }
     }
 
+    /// Converts the next row (into the current memory context); `false` after the last row (or
+    /// of this step). Rows that fail are set aside or raise, as for every caller.
+    pub fn next_row(&mut self) -> bool {
+        self.advance()
+    }
+
+    /// Puts the row `next_row` converted into `slot`, whose descriptor is the row type's.
+    ///
+    /// # Safety
+    /// `slot` is a cleared slot of the row type's relation.
+    pub unsafe fn store_row(&self, slot: *mut pg_sys::TupleTableSlot) {
+        // SAFETY: as the caller promises.
+        unsafe { self.maker.store(slot) }
+    }
+
     /// The next row as the API sent it (a bad line or record raises): for a sample.
     pub fn next_value(&mut self) -> Option<Value> {
         loop {

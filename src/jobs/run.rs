@@ -479,7 +479,8 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
         written.deleted = processed(&sql.delete_all(), false);
     }
     if !write_method.uses_keys() && max_rejected == 0 {
-        written.inserted = processed(&sql.insert_fetched(), true);
+        let bulk = super::bulk::append(checked.target.oid, &mut fetch.borrow_mut());
+        written.inserted = bulk.unwrap_or_else(|| processed(&sql.insert_fetched(), true));
         return written;
     }
     // Staged first: upsert needs the run's keys, and rejecting rows needs ranges to retry.

@@ -313,6 +313,19 @@ impl RowMaker {
         Ok(())
     }
 
+    /// Copies the last filled row's values into `slot`.
+    ///
+    /// # Safety
+    /// `slot`'s descriptor has this maker's columns.
+    pub unsafe fn store(&self, slot: *mut pg_sys::TupleTableSlot) {
+        // SAFETY: the slot has one value and null flag per column, as the maker has.
+        unsafe {
+            let width = self.values.len();
+            std::ptr::copy_nonoverlapping(self.values.as_ptr(), (*slot).tts_values, width);
+            std::ptr::copy_nonoverlapping(self.nulls.as_ptr(), (*slot).tts_isnull, width);
+        }
+    }
+
     /// The last filled row as one Datum (a composite's tuple is formed in the current memory
     /// context); `None` is a NULL row.
     pub fn datum(&mut self) -> Option<Datum> {

@@ -56,6 +56,7 @@ mod api_fetch;
 mod api_request;
 mod auth;
 mod bad_input;
+mod bulk;
 mod cancel;
 mod commit_every;
 mod fan_out;
