@@ -304,10 +304,15 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
             Bytes::from_static(data::TYPE_FIXTURE.as_bytes()),
         ),
         ["rows"] => {
-            // Generated rows of the benchmark's shape: `n` from `offset`, of `total` in all (no
-            // more rows past it), after `ms` of latency.
+            // Generated rows of the benchmark's shape: `n` from `offset` (or after id `after`, a
+            // cursor as Stripe's `starting_after`), of `total` in all (no more rows past it),
+            // after `ms` of latency.
             let total = number("total", u64::MAX);
-            let offset = number("offset", 0).min(total);
+            let offset = match query.get("after").and_then(|a| a.parse::<u64>().ok()) {
+                Some(after) => after + 1,
+                None => number("offset", 0),
+            }
+            .min(total);
             let count = number("n", 100).min(total - offset);
             tokio::time::sleep(Duration::from_millis(number("ms", 0))).await;
             let body = state.page(offset, count, total);

@@ -10,7 +10,7 @@ use pgrx::{IntoDatum, PgTupleDesc};
 use serde_json::Value;
 
 use crate::error::{snippet, Error, Result, SqlState};
-use crate::extract::cells::{Cell, Compact, Layout, Want};
+use crate::extract::cells::{single_name, Cell, Compact, Layout, Want};
 use crate::extract::tape::{Tape, Token};
 use crate::extract::{iso8601_micros, ColumnKey, RowPath};
 use crate::spec::json_kind;
@@ -167,15 +167,14 @@ impl RowMaker {
     }
 
     /// What the rows' columns want, for pages parsed into cells: `None` unless the rows are of a
-    /// composite type whose columns are all taken by key.
+    /// composite type whose columns are all taken by key — by their name, or by the one member
+    /// name their path in `options.columns` is (`$.signupTime`).
     pub fn layout(&self) -> Option<Layout> {
         let Shape::Composite(composite) = &self.shape else {
             return None;
         };
-        if composite.columns.iter().any(|c| c.path.is_some()) {
-            return None;
-        }
-        Some(Layout::new(composite.columns.iter().map(|column| {
+        let mut columns = Vec::with_capacity(composite.columns.len());
+        for column in &composite.columns {
             // A parameter column takes no key: the parameter fills it (`fill_params`).
             let want = match column.param {
                 Some(_) => Want::Skip,
@@ -184,8 +183,13 @@ impl RowMaker {
                     .as_ref()
                     .map_or(Want::Skip, Converter::want),
             };
-            (column.key.name.clone(), want)
-        })))
+            let (key, exact_only) = match &column.path {
+                None => (column.key.name.clone(), false),
+                Some(path) => (single_name(path)?, true),
+            };
+            columns.push((key, want, exact_only));
+        }
+        Some(Layout::with_keys(columns))
     }
 
     /// `fill` for row `row` of a page in cells.

@@ -128,17 +128,27 @@ fn rows_parsed_into_cells_equal_rows_parsed_as_json_values() {
                 docb jsonb, ints int[], texts text[], namedcase text, absent text)",
         )
         .unwrap();
-    let mut rows = |path: &str| -> String {
+    let mut rows = |path: &str, options: &str| -> String {
         let sql = format!(
             "SELECT string_agg(r::text, ' | ' ORDER BY r.\"int\")
-             FROM api_fetch({}, path => '{path}', row_type => NULL::every_type) r",
-            lit(&api().url("/types"))
+             FROM api_fetch({}, path => '{path}', row_type => NULL::every_type, options => {}) r",
+            lit(&api().url("/types")),
+            lit(options)
         );
         client.query_one(&sql, &[]).unwrap().get(0)
     };
-    let cells = rows("$.data");
+    let cells = rows("$.data", "{}");
     assert_eq!(cells.matches(" | ").count(), 1, "{cells}");
-    assert_eq!(cells, rows("$.data[?@]"));
+    assert_eq!(cells, rows("$.data[?@]", "{}"));
+    // Columns whose paths are one member name are parsed into cells too, taking exactly that
+    // key (the second row's "namedcase" is not "NAMEDCASE"), as the path takes it.
+    let mapped = r#"{"columns": {"txt": "$.txt", "namedcase": "$.NAMEDCASE", "vc": "$['vc']"}}"#;
+    let by_path = rows("$.data", mapped);
+    assert_eq!(by_path, rows("$.data[?@]", mapped));
+    assert!(
+        by_path.contains("matched") && !by_path.contains("lower"),
+        "{by_path}"
+    );
 }
 
 #[test]

@@ -35,15 +35,25 @@ pub enum Want {
 #[derive(Debug, Clone)]
 pub struct Layout {
     columns: Vec<(ColumnKey, Want)>,
+    /// Columns that take only the key of exactly their name: those of `options.columns` whose
+    /// path is one member name (`$.signupTime`), as the path would pick it.
+    exact_only: Vec<bool>,
 }
 
 impl Layout {
     pub fn new(columns: impl IntoIterator<Item = (String, Want)>) -> Layout {
+        Layout::with_keys(columns.into_iter().map(|(key, want)| (key, want, false)))
+    }
+
+    /// Columns by the key they take, and whether only exactly that key (a path's member name).
+    pub fn with_keys(columns: impl IntoIterator<Item = (String, Want, bool)>) -> Layout {
+        let (columns, exact_only) = columns
+            .into_iter()
+            .map(|(key, want, exact)| ((ColumnKey::new(key), want), exact))
+            .unzip();
         Layout {
-            columns: columns
-                .into_iter()
-                .map(|(name, want)| (ColumnKey::new(name), want))
-                .collect(),
+            columns,
+            exact_only,
         }
     }
 
@@ -67,7 +77,10 @@ impl Layout {
         }
         self.columns
             .iter()
-            .position(|(column, want)| taken(want) && column.folded(key))
+            .zip(&self.exact_only)
+            .position(|((column, want), exact_only)| {
+                taken(want) && !exact_only && column.folded(key)
+            })
             .map(|i| (i, false))
     }
 }
@@ -143,6 +156,12 @@ pub fn route_of(path: &RowPath, paging: Option<&Paging>) -> Option<(Vec<String>,
         }
     }
     Some((route, star))
+}
+
+/// The member name of a path that is one name and nothing else (`$.a`, `$['a b']`).
+pub fn single_name(path: &RowPath) -> Option<String> {
+    let (mut names, rest) = leading_names(path.text());
+    (names.len() == 1 && rest.trim().is_empty()).then(|| names.remove(0))
 }
 
 /// The member names a JSONPath starts with (`$.a['b'][0]` → a, b) and the text after them.
