@@ -360,6 +360,16 @@ impl Fetch {
         unsafe { self.maker.store(slot) }
     }
 
+    /// Puts the values at `positions` of the row `next_row` converted into the first columns of
+    /// `slot`.
+    ///
+    /// # Safety
+    /// `slot` is a cleared slot with at least `positions.len()` columns of those types.
+    pub unsafe fn store_row_at(&self, slot: *mut pg_sys::TupleTableSlot, positions: &[usize]) {
+        // SAFETY: as the caller promises.
+        unsafe { self.maker.store_at(slot, positions) }
+    }
+
     /// The next row as the API sent it (a bad line or record raises): for a sample.
     pub fn next_value(&mut self) -> Option<Value> {
         loop {

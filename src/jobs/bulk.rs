@@ -17,9 +17,18 @@ use crate::route::Fetch;
 /// Rows a batch holds before it is written (COPY's MAX_BUFFERED_TUPLES).
 const BATCH_ROWS: usize = 1000;
 
+/// Where a row's values go in the relation written.
+#[derive(Clone, Copy)]
+pub enum Into<'a> {
+    /// The target: the row type's values as they are.
+    Target,
+    /// A run's stage: the values at `positions` of the row type, then the row's number.
+    Stage(&'a [usize]),
+}
+
 /// Appends every row `fetch` gives (up to the end of its step) to `target`; the rows written, or
 /// `None` when the target needs the SQL path.
-pub fn append(target: Oid, fetch: &mut Fetch) -> Option<i64> {
+pub fn append(target: Oid, fetch: &mut Fetch, into: Into<'_>) -> Option<i64> {
     if !plain_table(target) {
         return None;
     }
@@ -31,7 +40,7 @@ pub fn append(target: Oid, fetch: &mut Fetch) -> Option<i64> {
         if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
             return None;
         }
-        Some(write(target, fetch))
+        Some(write(target, fetch, into))
     }
 }
 
@@ -61,7 +70,7 @@ fn plain_table(target: Oid) -> bool {
 ///
 /// # Safety
 /// On the backend thread, in a transaction; `target` is a plain table (`plain_table`).
-unsafe fn write(target: Oid, fetch: &mut Fetch) -> i64 {
+unsafe fn write(target: Oid, fetch: &mut Fetch, into: Into<'_>) -> i64 {
     unsafe {
         let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
         pg_sys::LockRelationOid(target, lock);
@@ -116,7 +125,16 @@ unsafe fn write(target: Oid, fetch: &mut Fetch) -> i64 {
             if more {
                 let slot = slots[used];
                 pg_sys::ExecClearTuple(slot);
-                fetch.store_row(slot);
+                match into {
+                    Into::Target => fetch.store_row(slot),
+                    Into::Stage(positions) => {
+                        fetch.store_row_at(slot, positions);
+                        let number = positions.len();
+                        *(*slot).tts_values.add(number) =
+                            pg_sys::Datum::from(written + used as i64 + 1);
+                        *(*slot).tts_isnull.add(number) = false;
+                    }
+                }
                 pg_sys::ExecStoreVirtualTuple(slot);
                 if has_constraints {
                     pg_sys::ExecConstraints(info, slot, estate);

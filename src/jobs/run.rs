@@ -479,7 +479,11 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
         written.deleted = processed(&sql.delete_all(), false);
     }
     if !write_method.uses_keys() && max_rejected == 0 {
-        let bulk = super::bulk::append(checked.target.oid, &mut fetch.borrow_mut());
+        let bulk = super::bulk::append(
+            checked.target.oid,
+            &mut fetch.borrow_mut(),
+            super::bulk::Into::Target,
+        );
         written.inserted = bulk.unwrap_or_else(|| processed(&sql.insert_fetched(), true));
         return written;
     }
@@ -488,10 +492,28 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
         &format!("DROP TABLE IF EXISTS {}", super::write::STAGE),
         false,
     );
-    processed(
-        &sql.stage(write_method.uses_keys() && max_rejected > 0),
-        true,
-    );
+    if max_rejected == 0 {
+        // An empty stage, filled by the bulk path (rows numbered as they come).
+        processed(&sql.empty_stage(), true);
+        let stage = Spi::get_one::<Oid>(&WriteSql::stage_oid())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| error!("the run's stage was not created"));
+        let positions = &checked.target.positions;
+        let bulk = super::bulk::append(
+            stage,
+            &mut fetch.borrow_mut(),
+            super::bulk::Into::Stage(positions),
+        );
+        if bulk.is_none() {
+            processed(&sql.fill_stage(), true);
+        }
+    } else {
+        processed(
+            &sql.stage(write_method.uses_keys() && max_rejected > 0),
+            true,
+        );
+    }
     let statement = sql.write_staged(write_method);
     let last = Spi::get_one::<i64>(&WriteSql::last_staged())
         .ok()

@@ -18,6 +18,8 @@ pub struct Target {
     pub name: String,
     /// Quoted, in order; no dropped or generated columns.
     pub columns: Vec<String>,
+    /// Where those columns are in the row type (attnum - 1).
+    pub positions: Vec<usize>,
 }
 
 impl Target {
@@ -63,20 +65,23 @@ impl Target {
                 ),
             ));
         }
-        let columns = Spi::get_one_with_args::<Vec<String>>(
-            "SELECT pg_catalog.array_agg(attname::pg_catalog.text ORDER BY attnum) FROM pg_catalog.pg_attribute
+        let (columns, attnums) = Spi::get_two_with_args::<Vec<String>, Vec<i32>>(
+            "SELECT pg_catalog.array_agg(attname::pg_catalog.text ORDER BY attnum),
+                    pg_catalog.array_agg(attnum::pg_catalog.int4 ORDER BY attnum)
+             FROM pg_catalog.pg_attribute
              WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0
                AND NOT attisdropped AND attgenerated OPERATOR(pg_catalog.=) ''",
             &[oid.into()],
         )
-        .map_err(spi)?
-        .unwrap_or_default();
+        .map_err(spi)?;
+        let (columns, attnums) = (columns.unwrap_or_default(), attnums.unwrap_or_default());
         Ok(Target {
             oid,
             rowtype,
             owner,
             name: format!("{}.{}", quote(&schema), quote(&relation)),
             columns: columns.iter().map(|c| quote(c)).collect(),
+            positions: attnums.iter().map(|n| *n as usize - 1).collect(),
         })
     }
 

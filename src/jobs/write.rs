@@ -65,6 +65,30 @@ impl WriteSql {
         )
     }
 
+    /// The stage, empty, with the columns `stage` gives it (their types and collations from the
+    /// run's row type): filled by the bulk path, or `fill_stage`.
+    pub fn empty_stage(&self) -> String {
+        format!(
+            "CREATE TEMP TABLE apisync_stage ON COMMIT DROP AS
+             SELECT {}, 0::pg_catalog.int8 AS apisync_row FROM {FETCHED} f WITH NO DATA",
+            self.list()
+        )
+    }
+
+    /// The empty stage filled by SQL, the rows numbered as they came.
+    pub fn fill_stage(&self) -> String {
+        let list = self.list();
+        format!(
+            "INSERT INTO {STAGE} ({list}, apisync_row)
+             SELECT {list}, pg_catalog.row_number() OVER () FROM {FETCHED} f"
+        )
+    }
+
+    /// The stage's OID.
+    pub fn stage_oid() -> String {
+        format!("SELECT '{STAGE}'::pg_catalog.regclass::pg_catalog.oid")
+    }
+
     /// The stage rebuilt with each key's last row, when a key repeated within the run.
     pub fn keep_last_of_each_key(&self) -> [String; 3] {
         let keys = self.key_list();

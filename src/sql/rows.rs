@@ -330,6 +330,20 @@ impl RowMaker {
         }
     }
 
+    /// Copies the values at `positions` of the last filled row into the first columns of `slot`.
+    ///
+    /// # Safety
+    /// `slot` has at least `positions.len()` columns, of those values' types.
+    pub unsafe fn store_at(&self, slot: *mut pg_sys::TupleTableSlot, positions: &[usize]) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            for (to, &from) in positions.iter().enumerate() {
+                *(*slot).tts_values.add(to) = self.values[from];
+                *(*slot).tts_isnull.add(to) = self.nulls[from];
+            }
+        }
+    }
+
     /// The last filled row as one Datum (a composite's tuple is formed in the current memory
     /// context); `None` is a NULL row.
     pub fn datum(&mut self) -> Option<Datum> {
