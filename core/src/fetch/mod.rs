@@ -486,6 +486,8 @@ async fn produce_one(
 }
 
 /// Pages 2..=count of an addressable kind, `spec.concurrency` at a time, delivered in order.
+/// Fetched pages wait in a queue of `concurrency` while the reader is busy, so that the requests
+/// in flight go on meanwhile (a stream of futures only runs while it is polled).
 async fn concurrent(
     fetch: Fetch<'_>,
     pager: &Pager<'_>,
@@ -508,35 +510,54 @@ async fn concurrent(
             page
         })
         .buffered(spec.concurrency as usize);
-    let mut delivered = 1;
-    while let Some(fetched) = pages.next().await {
-        let (parts, rows) = fetched?;
-        for part in parts {
-            if let Err(stop) = sink.put(part).await {
-                return Ok(stop.into());
+    let (fetched_tx, mut fetched_rx) = mpsc::channel(spec.concurrency as usize);
+    let producer = async move {
+        while let Some(fetched) = pages.next().await {
+            if fetched_tx.send(fetched).await.is_err() {
+                return;
             }
         }
-        delivered += 1;
-        if rows == 0 {
-            return Ok(Ending::Finished {
-                pages: delivered,
-                reason: "empty page",
-            });
+    };
+    let consumer = async {
+        let mut delivered = 1;
+        while let Some(fetched) = fetched_rx.recv().await {
+            let (parts, rows) = fetched?;
+            for part in parts {
+                if let Err(stop) = sink.put(part).await {
+                    return Ok(stop.into());
+                }
+            }
+            delivered += 1;
+            if rows == 0 {
+                return Ok(Ending::Finished {
+                    pages: delivered,
+                    reason: "empty page",
+                });
+            }
+            if let Some(max) = spec
+                .max_rows
+                .filter(|_| sink.exhausted() && delivered < count)
+            {
+                return Ok(Ending::Cut(Cut::MaxRows(max)));
+            }
         }
-        if let Some(max) = spec
-            .max_rows
-            .filter(|_| sink.exhausted() && delivered < count)
-        {
-            return Ok(Ending::Cut(Cut::MaxRows(max)));
+        if count > last {
+            return Ok(Ending::Cut(Cut::MaxPages(spec.max_pages)));
+        }
+        Ok(Ending::Finished {
+            pages: delivered,
+            reason: "total pages reached",
+        })
+    };
+    let mut producer = std::pin::pin!(producer);
+    let mut consumer = std::pin::pin!(consumer);
+    let mut producing = true;
+    loop {
+        tokio::select! {
+            () = &mut producer, if producing => producing = false,
+            ending = &mut consumer => return ending,
         }
     }
-    if count > last {
-        return Ok(Ending::Cut(Cut::MaxPages(spec.max_pages)));
-    }
-    Ok(Ending::Finished {
-        pages: delivered,
-        reason: "total pages reached",
-    })
 }
 
 /// What a parameter set's fetch sends to the merge: parts of its pages, then how it ended.
