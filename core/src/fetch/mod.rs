@@ -549,13 +549,19 @@ async fn concurrent(
             reason: "total pages reached",
         })
     };
+    alongside(producer, consumer).await
+}
+
+/// Runs `producer` alongside `consumer` until the consumer is done (the producer may end first;
+/// it is dropped, its work abandoned, when the consumer ends).
+async fn alongside<T>(producer: impl Future<Output = ()>, consumer: impl Future<Output = T>) -> T {
     let mut producer = std::pin::pin!(producer);
     let mut consumer = std::pin::pin!(consumer);
     let mut producing = true;
     loop {
         tokio::select! {
             () = &mut producer, if producing => producing = false,
-            ending = &mut consumer => return ending,
+            done = &mut consumer => return done,
         }
     }
 }
@@ -635,15 +641,7 @@ async fn fan_out(fetch: Fetch<'_>, fan: &FanOut, tx: &Sender) -> Result<Ending> 
             },
         })
     };
-    let mut producers = std::pin::pin!(producers);
-    let mut merge = std::pin::pin!(merge);
-    let mut producing = true;
-    loop {
-        tokio::select! {
-            () = &mut producers, if producing => producing = false,
-            ending = &mut merge => return ending,
-        }
-    }
+    alongside(producers, merge).await
 }
 
 /// The pages of parameter set `index` into `tx`, then how they ended.
