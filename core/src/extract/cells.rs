@@ -126,8 +126,8 @@ impl Plan {
 }
 
 /// The names that lead to the rows and whether the path ends in `[*]`; `None` when the path is not
-/// a chain of names, or when a paging path reads inside the rows (as Stripe's `$.data[-1].id`
-/// does), which needs them as JSON values.
+/// a chain of names, or when a paging path reads inside the rows other than in the first or last
+/// row (Stripe's `$.data[-1].id` is read from the last row, which a streamed body keeps).
 pub fn route_of(path: &RowPath, paging: Option<&Paging>) -> Option<(Vec<String>, bool)> {
     let (route, rest) = leading_names(path.text());
     let star = match rest.trim() {
@@ -135,27 +135,51 @@ pub fn route_of(path: &RowPath, paging: Option<&Paging>) -> Option<(Vec<String>,
         "[*]" => true,
         _ => return None,
     };
-    if let Some(paging) = paging {
-        let mut paths = vec![
-            &paging.total_path,
-            &paging.total_pages_path,
-            &paging.has_more_path,
-        ]
+    let reads_inside = paging_paths(paging)
         .into_iter()
-        .flatten()
-        .collect::<Vec<_>>();
-        if let PagingKind::Cursor { path, .. } | PagingKind::NextUrl { path } = &paging.kind {
-            paths.push(path);
-        }
-        let touches = |other: &RowPath| {
-            let (names, _) = leading_names(other.text());
-            names.iter().zip(&route).all(|(a, b)| a == b)
-        };
-        if paths.into_iter().any(touches) {
-            return None;
-        }
+        .any(|other| reads_rows(&route, other) == Some(false));
+    (!reads_inside).then_some((route, star))
+}
+
+/// The paths a paging spec reads in a body.
+fn paging_paths(paging: Option<&Paging>) -> Vec<&RowPath> {
+    let Some(paging) = paging else {
+        return Vec::new();
+    };
+    let mut paths: Vec<&RowPath> = [
+        &paging.total_path,
+        &paging.total_pages_path,
+        &paging.has_more_path,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let PagingKind::Cursor { path, .. } | PagingKind::NextUrl { path } = &paging.kind {
+        paths.push(path);
     }
-    Some((route, star))
+    paths
+}
+
+/// Whether a paging path reads inside the rows at `route`: `None` when it does not; `Some(true)`
+/// when it reads only the first or the last row (`$.data[0].x`, `$.data[-1].id`, Stripe's
+/// cursor), which a streamed body keeps for it (`keeps_ends`); `Some(false)` for anything else.
+fn reads_rows(route: &[String], other: &RowPath) -> Option<bool> {
+    let (names, rest) = leading_names(other.text());
+    if !names.iter().zip(route).all(|(a, b)| a == b) {
+        return None;
+    }
+    let end = names.len() == route.len() && (rest.starts_with("[0]") || rest.starts_with("[-1]"));
+    Some(end)
+}
+
+/// Whether a streamed body must keep its first and last rows for the paging values.
+pub fn keeps_ends(path: &RowPath, paging: Option<&Paging>) -> bool {
+    let Some((route, _)) = route_of(path, paging) else {
+        return false;
+    };
+    paging_paths(paging)
+        .into_iter()
+        .any(|other| reads_rows(&route, other) == Some(true))
 }
 
 /// The member name of a path that is one name and nothing else (`$.a`, `$['a b']`).
@@ -1110,7 +1134,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_need_a_path_of_names_that_no_paging_path_reads_into() {
+    fn plans_need_a_path_of_names_that_paging_reads_only_at_the_ends() {
         assert!(plan("$", None).is_some());
         assert!(plan("$['a'].b", None).is_some());
         assert!(plan("$..data", None).is_none());
@@ -1120,9 +1144,13 @@ mod tests {
         assert!(plan("$.data", Some(total.clone())).is_some());
         assert!(plan("$.meta", Some(total.clone())).is_none());
         assert!(plan("$", Some(total)).is_none());
+        // Stripe's cursor reads the last row, which a streamed body keeps; other rows, no.
         let stripe =
             json!({"type": "cursor", "cursor_path": "$.data[-1].id", "cursor_param": "after"});
-        assert!(plan("$.data", Some(stripe)).is_none());
+        assert!(plan("$.data", Some(stripe)).is_some());
+        let second =
+            json!({"type": "cursor", "cursor_path": "$.data[1].id", "cursor_param": "after"});
+        assert!(plan("$.data", Some(second)).is_none());
         let ambiguous = Layout::new([
             ("a".to_string(), Want::Scalar),
             ("A".to_string(), Want::Scalar),

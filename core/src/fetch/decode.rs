@@ -32,6 +32,8 @@ pub struct Shape<'a> {
     pub plan: Option<&'a Plan>,
     /// Batches are parsed into JSON tokens (jsonb rows).
     pub tape: bool,
+    /// The paging values read the first or last row (`cells::keeps_ends`).
+    pub ends: bool,
     pub path: &'a RowPath,
     /// The request: its URL as errors show it, and the secrets they never show.
     pub request: &'a RequestSpec,
@@ -81,9 +83,10 @@ impl<'a> Decoder<'a> {
     /// The body paused: the rows read so far go to `ready` now, not when a batch is full.
     pub fn flush(&mut self, ready: &mut Vec<PageRows>) -> Result<()> {
         match self {
-            Decoder::Json(json) => json
-                .shape
-                .batch(json.batch.take(), Framing::Document, ready),
+            Decoder::Json(json) => {
+                let batch = json.take_batch();
+                json.shape.batch(batch, Framing::Document, ready)
+            }
             Decoder::Lines(lines) => {
                 lines.flush_values(ready);
                 lines.shape.batch(lines.batch.take(), Framing::Lines, ready)
@@ -361,6 +364,11 @@ pub struct JsonRows<'a> {
     batch: Batch,
     /// The rows node when it is not an array.
     node: Vec<u8>,
+    /// Where `null` stands for the rows in `outer`, and (with `shape.ends`) the texts of the first
+    /// and last rows, put back there for the paging values.
+    rows_at: Option<usize>,
+    first: Option<Vec<u8>>,
+    last: Vec<u8>,
 }
 
 enum At {
@@ -403,6 +411,9 @@ impl<'a> JsonRows<'a> {
             rows: 0,
             batch: Batch::default(),
             node: Vec::new(),
+            rows_at: None,
+            first: None,
+            last: Vec::new(),
         }
     }
 
@@ -466,11 +477,8 @@ impl<'a> JsonRows<'a> {
                             if ended {
                                 self.batch.end();
                                 if self.batch.full() {
-                                    self.shape.batch(
-                                        self.batch.take(),
-                                        Framing::Document,
-                                        ready,
-                                    )?;
+                                    let batch = self.take_batch();
+                                    self.shape.batch(batch, Framing::Document, ready)?;
                                 }
                                 self.at = At::RowsBetween;
                             } else {
@@ -562,6 +570,7 @@ impl<'a> JsonRows<'a> {
                 return Err(self.malformed("has twice the rows".into()));
             }
             self.found = true;
+            self.rows_at = Some(self.outer.len());
             self.outer.extend_from_slice(b"null");
             if b == b'[' {
                 self.at = At::RowsStart;
@@ -611,8 +620,8 @@ impl<'a> JsonRows<'a> {
                 self.at = At::Rest;
             }
         }
-        self.shape
-            .batch(self.batch.take(), Framing::Document, ready)?;
+        let batch = self.take_batch();
+        self.shape.batch(batch, Framing::Document, ready)?;
         if let At::Node(_) | At::RowsStart | At::RowsAfterComma | At::Row(_) | At::RowsBetween =
             self.at
         {
@@ -627,7 +636,32 @@ impl<'a> JsonRows<'a> {
         if let At::Root = self.at {
             return Err(super::not_json(self.shape.request, &self.lead, None));
         }
+        if let (Some(at), Some(first)) = (self.rows_at, self.first.take()) {
+            // `[first, last]` where the rows were: `[0]` and `[-1]` read what they would.
+            let mut ends = b"[".to_vec();
+            ends.extend_from_slice(&first);
+            if self.rows > 1 {
+                ends.push(b',');
+                ends.extend_from_slice(&self.last);
+            }
+            ends.push(b']');
+            self.outer.splice(at..at + 4, ends);
+        }
         serde_json::from_slice(&self.outer).map_err(|e| self.invalid(&e))
+    }
+
+    /// The batch so far, its first and last rows kept when the paging values read them.
+    fn take_batch(&mut self) -> Option<Taken> {
+        let taken = self.batch.take();
+        if let (true, Some(Taken { buf, records })) = (self.shape.ends, &taken) {
+            if let (None, Some((_, range))) = (&self.first, records.first()) {
+                self.first = Some(buf[range.clone()].to_vec());
+            }
+            if let Some((_, range)) = records.last() {
+                self.last = buf[range.clone()].to_vec();
+            }
+        }
+        taken
     }
 
     /// What is wrong with the rows of the path, said of the response.
@@ -965,6 +999,41 @@ mod tests {
         RowPath::parse(text).unwrap()
     }
 
+    #[test]
+    fn a_cursor_read_from_the_last_row_keeps_the_first_and_last() {
+        let paging = crate::spec::Paging::parse(
+            &json!({"type": "cursor", "cursor_path": "$.data[-1].id", "cursor_param": "after"}),
+        )
+        .unwrap();
+        assert!(cells::route_of(&path("$.data"), Some(&paging)).is_some());
+        assert!(cells::keeps_ends(&path("$.data"), Some(&paging)));
+        let inside = crate::spec::Paging::parse(
+            &json!({"type": "cursor", "cursor_path": "$.data[1].id", "cursor_param": "after"}),
+        )
+        .unwrap();
+        assert!(cells::route_of(&path("$.data"), Some(&inside)).is_none());
+        let body = br#"{"data": [{"id": 1}, {"id": 2}, {"id": 3}], "has_more": true}"#;
+        for piece in [1, 7, body.len()] {
+            let (rows, doc) = decode_keeping(Format::Json, "$.data", None, body, piece, true);
+            assert_eq!(rows.len(), 3);
+            assert_eq!(
+                doc.unwrap().unwrap(),
+                json!({"data": [{"id": 1}, {"id": 3}], "has_more": true})
+            );
+        }
+        let (_, doc) = decode_keeping(
+            Format::Json,
+            "$.data",
+            None,
+            br#"{"data": [{"id": 9}]}"#,
+            4,
+            true,
+        );
+        assert_eq!(doc.unwrap().unwrap(), json!({"data": [{"id": 9}]}));
+        let (_, doc) = decode_keeping(Format::Json, "$.data", None, br#"{"data": []}"#, 4, true);
+        assert_eq!(doc.unwrap().unwrap(), json!({"data": null}));
+    }
+
     /// Every row, fed in pieces of `piece` bytes, and the document or the error.
     fn decode(
         format: Format,
@@ -972,6 +1041,18 @@ mod tests {
         plan: Option<&Plan>,
         body: &[u8],
         piece: usize,
+    ) -> (Vec<Value>, Result<Option<Value>>) {
+        decode_keeping(format, path_text, plan, body, piece, false)
+    }
+
+    /// `decode`, keeping the first and last rows in the document when `ends`.
+    fn decode_keeping(
+        format: Format,
+        path_text: &str,
+        plan: Option<&Plan>,
+        body: &[u8],
+        piece: usize,
+        ends: bool,
     ) -> (Vec<Value>, Result<Option<Value>>) {
         let path = path(path_text);
         let args = crate::spec::RequestArgs {
@@ -982,6 +1063,7 @@ mod tests {
         let shape = Shape {
             plan,
             tape: false,
+            ends,
             path: &path,
             request: &request,
         };
@@ -1117,6 +1199,7 @@ mod tests {
         let shape = Shape {
             plan: None,
             tape: false,
+            ends: false,
             path: &path,
             request: &request,
         };

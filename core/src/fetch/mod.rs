@@ -272,6 +272,7 @@ impl PageStream {
                 spec: &spec,
                 plan: plan.as_ref(),
                 tape,
+                ends: cells::keeps_ends(&spec.path, spec.paging.as_ref()),
                 route: route.as_ref(),
             };
             if let Err(error) = produce(fetch, &tx).await {
@@ -396,6 +397,8 @@ struct Fetch<'a> {
     plan: Option<&'a Plan>,
     /// Rows as JSON tokens (jsonb rows).
     tape: bool,
+    /// A streamed body keeps its first and last rows for the paging values.
+    ends: bool,
     /// The names that lead to the rows, when a JSON body can stream (`cells::route_of`).
     route: Option<&'a (Vec<String>, bool)>,
 }
@@ -838,6 +841,7 @@ async fn read_page(
     let shape = Shape {
         plan: fetch.plan,
         tape: fetch.tape,
+        ends: fetch.ends,
         path: &spec.path,
         request,
     };
