@@ -41,6 +41,46 @@ pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
     }
 }
 
+/// What a cancel does to a background worker being waited for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnCancel {
+    /// Terminate it (a run: its transaction is undone).
+    Stop,
+    /// Let it finish (an OAuth2 refresh: it stores what it got).
+    LetFinish,
+}
+
+/// Waits on the latch until `worker` has exited (its state changes set the latch; `poll` bounds
+/// each wait); `what` names it if the postmaster dies. A cancel stops the wait with the cancel's
+/// ERROR, after `on_cancel`.
+pub fn wait_for_worker(
+    worker: pgrx::bgworkers::DynamicBackgroundWorker,
+    what: &str,
+    on_cancel: OnCancel,
+    poll: std::time::Duration,
+) -> Result<()> {
+    use pgrx::bgworkers::BackgroundWorkerStatus;
+    loop {
+        match worker.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => return Ok(()),
+            Err(BackgroundWorkerStatus::PostmasterDied) => {
+                return Err(Error::internal(format!(
+                    "the postmaster died during {what}"
+                )))
+            }
+            _ => {}
+        }
+        if pending() {
+            if on_cancel == OnCancel::Stop {
+                let _ = worker.terminate();
+            }
+            pgrx::check_for_interrupts!();
+            return Err(Error::cancelled());
+        }
+        sleep_on_latch(poll);
+    }
+}
+
 /// Sleeps on the process latch for at most `timeout` (woken early by signals, such as a
 /// background worker's state change).
 pub fn sleep_on_latch(timeout: std::time::Duration) {

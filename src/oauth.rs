@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -220,20 +220,13 @@ fn exchange_in_worker(
             )
             .with_hint("raise max_worker_processes")
         })?;
-    loop {
-        match worker.pid() {
-            Err(BackgroundWorkerStatus::Stopped) => break,
-            Err(BackgroundWorkerStatus::PostmasterDied) => {
-                return Err(Error::internal(
-                    "the postmaster died during the OAuth2 refresh",
-                ))
-            }
-            _ => {}
-        }
-        // Raises a cancel; the worker goes on and stores what it got.
-        pgrx::check_for_interrupts!();
-        crate::interrupt::sleep_on_latch(Duration::from_millis(20));
-    }
+    // A cancel stops the wait, not the worker: it stores what it got.
+    crate::interrupt::wait_for_worker(
+        worker,
+        "the OAuth2 refresh",
+        crate::interrupt::OnCancel::LetFinish,
+        Duration::from_millis(20),
+    )?;
     // SAFETY: the worker has exited: what it wrote is complete; the segment is still mapped here.
     let answer = unsafe {
         let base = pg_sys::dsm_segment_address(segment).cast::<u8>();

@@ -301,9 +301,10 @@ impl Fetch {
         }
     }
 
-    /// Converts the next row into the maker's values: rows that fail are set aside when the run
-    /// collects rejects, and raise otherwise. `false` after the last row (or of this step).
-    fn advance(&mut self) -> bool {
+    /// Converts the next row into the maker's values (in the current memory context): rows that
+    /// fail are set aside when the run collects rejects, and raise otherwise. `false` after the
+    /// last row (or of this step).
+    pub fn advance(&mut self) -> bool {
         loop {
             if self.at < self.page.len() {
                 let at = self.at;
@@ -345,13 +346,7 @@ impl Fetch {
         }
     }
 
-    /// Converts the next row (into the current memory context); `false` after the last row (or
-    /// of this step). Rows that fail are set aside or raise, as for every caller.
-    pub fn next_row(&mut self) -> bool {
-        self.advance()
-    }
-
-    /// Puts the row `next_row` converted into `slot`, whose descriptor is the row type's.
+    /// Puts the row `advance` converted into `slot`, whose descriptor is the row type's.
     ///
     /// # Safety
     /// `slot` is a cleared slot of the row type's relation.
@@ -360,7 +355,7 @@ impl Fetch {
         unsafe { self.maker.store(slot) }
     }
 
-    /// Puts the values at `positions` of the row `next_row` converted into the first columns of
+    /// Puts the values at `positions` of the row `advance` converted into the first columns of
     /// `slot`.
     ///
     /// # Safety

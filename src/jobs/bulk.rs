@@ -121,7 +121,7 @@ unsafe fn write(target: Oid, fetch: &mut Fetch, into: Into<'_>) -> i64 {
         loop {
             pg_sys::MemoryContextReset(per_row);
             pg_sys::MemoryContextSwitchTo(per_row);
-            let more = fetch.next_row();
+            let more = fetch.advance();
             if more {
                 let slot = slots[used];
                 pg_sys::ExecClearTuple(slot);

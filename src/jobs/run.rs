@@ -10,9 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Duration;
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -183,21 +181,12 @@ pub fn run_and_wait(job: &JobRow) -> Result<i64> {
     // SAFETY: reads a session global on the backend thread.
     let pid = unsafe { pg_sys::MyProcPid };
     let (worker, run_id) = start_worker(job, Trigger::Manual, Some(pid))?;
-    loop {
-        match worker.pid() {
-            Err(BackgroundWorkerStatus::Stopped) => break,
-            Err(BackgroundWorkerStatus::PostmasterDied) => {
-                return Err(Error::internal("the postmaster died during the run"))
-            }
-            _ => {}
-        }
-        if crate::interrupt::pending() {
-            let _ = worker.terminate();
-            pgrx::check_for_interrupts!();
-            return Err(Error::cancelled());
-        }
-        crate::interrupt::sleep_on_latch(Duration::from_millis(100));
-    }
+    crate::interrupt::wait_for_worker(
+        worker,
+        "the run",
+        crate::interrupt::OnCancel::Stop,
+        Duration::from_millis(100),
+    )?;
     Ok(run_id)
 }
 
@@ -509,10 +498,8 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
             processed(&sql.fill_stage(), true);
         }
     } else {
-        processed(
-            &sql.stage(write_method.uses_keys() && max_rejected > 0),
-            true,
-        );
+        // Rejecting rows needs each key's last row from the start.
+        processed(&sql.stage(write_method.uses_keys()), true);
     }
     let statement = sql.write_staged(write_method);
     let last = Spi::get_one::<i64>(&WriteSql::last_staged())
