@@ -3,8 +3,21 @@
 # PostgreSQL 15 cluster, then from preview to job: a one-request preview, a table suggested from
 # the data, a load with one INSERT ... SELECT, a scheduled job; show the rows, and stop everything
 # it started.
+#   scripts/demo.sh --keep   leaves the cluster and the demo API running, to play with in psql
+#   scripts/demo.sh --stop   stops what --keep left running
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+    --keep) export KEEP=1 ;;
+    --stop) . scripts/lib.sh; stop_kept; exit 0 ;;
+    "") ;;
+    *) echo "usage: scripts/demo.sh [--keep | --stop]" >&2; exit 2 ;;
+esac
+if [ "${KEEP:-0}" = 1 ]; then
+    # One kept demo at a time: an earlier one is stopped first.
+    (. scripts/lib.sh; trap - EXIT; stop_kept >/dev/null)
+    mkdir -p "${APISYNC_DEMO_DIR:-/tmp/apisync-demo}"
+fi
 . scripts/lib.sh
 
 scripts/setup.sh
@@ -61,4 +74,11 @@ SELECT run_id, trigger, status, requests, pages, rows_fetched, rows_inserted, ro
 FROM apisync.job_runs ORDER BY run_id;
 SELECT count(*) AS synced_users FROM users_synced;
 SQL
-echo "== done: the cluster and the demo API are stopped and removed"
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "== done: the cluster and the demo API keep running (the job syncs every 5 seconds)"
+    echo "   connect: $PG_BIN/psql -h $work -U postgres -v api=$api_url"
+    echo "   the demo API: $api_url"
+    echo "   stop them: scripts/demo.sh --stop"
+else
+    echo "== done: the cluster and the demo API are stopped and removed"
+fi

@@ -6,7 +6,14 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_REGRESS_DIR=/usr/lib/postgresql/15/lib/pgxs/src/test/regress
 
-work=$(mktemp -d /tmp/apisync.XXXXXX)
+# KEEP=1 (demo.sh --keep): everything lives in a fixed directory and outlives the script, until
+# `stop_kept` (demo.sh --stop).
+KEPT_DIR=${APISYNC_DEMO_DIR:-/tmp/apisync-demo}
+if [ "${KEEP:-0}" = 1 ]; then
+    work=$KEPT_DIR
+else
+    work=$(mktemp -d /tmp/apisync.XXXXXX)
+fi
 api_pid=""
 api_url=""
 
@@ -19,7 +26,24 @@ stop_all() {
     [ ! -f "$work/data/postmaster.pid" ] || as_postgres "$PG_BIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
     rm -rf "$work"
 }
-trap stop_all EXIT
+if [ "${KEEP:-0}" = 1 ]; then
+    # A failure before the end stops what was started; success leaves it running.
+    trap '[ $? -eq 0 ] || stop_all' EXIT
+else
+    trap stop_all EXIT
+fi
+
+# Stops what a KEEP=1 run left running and removes its directory; says whether there was one.
+stop_kept() {
+    if [ ! -d "$KEPT_DIR" ]; then
+        echo "no demo is running (nothing in $KEPT_DIR)"
+        return 0
+    fi
+    [ ! -f "$KEPT_DIR/api.pid" ] || kill "$(cat "$KEPT_DIR/api.pid")" 2>/dev/null || true
+    [ ! -f "$KEPT_DIR/data/postmaster.pid" ] || as_postgres "$PG_BIN/pg_ctl" -D "$KEPT_DIR/data" -m fast stop >/dev/null 2>&1 || true
+    rm -rf "$KEPT_DIR"
+    echo "stopped the demo cluster and API, removed $KEPT_DIR"
+}
 
 build_release() {
     local install_flags=()
@@ -32,6 +56,7 @@ build_release() {
 start_api() {
     target/release/apisync-devapi --port 0 >"$work/api.out" 2>&1 &
     api_pid=$!
+    echo "$api_pid" >"$work/api.pid"
     for _ in $(seq 100); do grep -q "listening on" "$work/api.out" && break; sleep 0.1; done
     api_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/api.out")
     [ -n "$api_url" ] || { cat "$work/api.out"; return 1; }

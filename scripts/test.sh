@@ -7,6 +7,8 @@
 #      shared_preload_libraries = 'pg_apisync,pg_cron', against the devapi server on loopback
 #   4. the golden tier: pg_regress over tests/pg_regress (the SQL surface, privileges, every
 #      documented error with its SQLSTATE), in a throwaway cluster of its own
+#   5. the package tier: the Debian package (scripts/package.sh) installed with dpkg into a fresh
+#      cluster, one fetch; last, as it replaces the installed build (and removes itself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
@@ -43,6 +45,9 @@ cargo test -p apisync-tests 2>&1 | tee -a "$LOG"
 
 echo "== golden SQL output (pg_regress)"
 scripts/regress.sh 2>&1 | tee -a "$LOG"
+
+echo "== the Debian package"
+scripts/package_test.sh 2>&1 | tee -a "$LOG"
 
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$LOG"

@@ -26,7 +26,7 @@ CREATE TABLE apisync.secrets (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (owner, name)
 );
-COMMENT ON TABLE apisync.secrets IS 'Values named in options.auth. Read by no role: only the fetch of the owner''s own calls and jobs uses them.';
+COMMENT ON TABLE apisync.secrets IS 'Values named in options.auth. Read by no role: only the fetch of the owner''s own calls and jobs uses them. Not in dumps: create them again after a restore.';
 ALTER TABLE apisync.secrets ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON apisync.secrets FROM PUBLIC;
 
@@ -105,7 +105,11 @@ CREATE POLICY member_rejects ON apisync.rejected_rows FOR SELECT
 REVOKE ALL ON apisync.jobs, apisync.job_runs, apisync.rejected_rows FROM PUBLIC;
 GRANT SELECT ON apisync.jobs, apisync.job_runs, apisync.rejected_rows TO PUBLIC;
 REVOKE ALL ON SEQUENCE apisync.jobs_job_id_seq, apisync.job_runs_run_id_seq FROM PUBLIC;
-SELECT pg_catalog.pg_extension_config_dump('apisync.secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.job_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.rejected_rows', '');
+-- The id sequences too: a restored database must not hand out ids its runs and jobs hold.
+-- The secrets are not dumped: a dump is copied where the credentials must not go (staging, a
+-- laptop); after a restore their owners create them again (README: "Backups and restores").
+SELECT pg_catalog.pg_extension_config_dump('apisync.jobs_job_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apisync.job_runs_run_id_seq', '');

@@ -1,7 +1,8 @@
 //! The one place that blocks on tokio from the backend thread, while honouring cancel.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::pg_sys;
 use tokio::runtime::Runtime;
@@ -11,11 +12,43 @@ use crate::error::{Error, Result};
 /// How often a wait looks at the interrupt flags: a cancel stops a request within this.
 const POLL: Duration = Duration::from_millis(50);
 
+thread_local! {
+    /// When the run of this process must stop (`apisync.max_run_time`), and the setting's text.
+    static DEADLINE: Cell<Option<(Instant, u32)>> = const { Cell::new(None) };
+}
+
+/// Gives the run of this process (a run worker) `max_ms` milliseconds from now: each wait on
+/// the network stops there with an error. 0: no limit.
+pub fn set_run_deadline(max_ms: u32) {
+    let deadline = (max_ms > 0).then(|| {
+        (
+            Instant::now() + Duration::from_millis(max_ms.into()),
+            max_ms,
+        )
+    });
+    DEADLINE.with(|d| d.set(deadline));
+}
+
+/// The error of a run past its deadline, if it is.
+fn overdue() -> Option<Error> {
+    let (at, max_ms) = DEADLINE.with(Cell::get)?;
+    (Instant::now() >= at).then(|| {
+        Error::new(
+            crate::error::SqlState::from_code("57014"),
+            format!("the run took longer than apisync.max_run_time ({max_ms} ms) and was stopped"),
+        )
+    })
+}
+
 /// Runs `future` to completion on `runtime`, or stops it when the query is cancelled (user
-/// cancel, statement_timeout, termination). Postgres is only entered after the future is gone:
-/// its ERROR must never unwind through a running tokio poll.
+/// cancel, statement_timeout, termination) or the run is past `apisync.max_run_time`. Postgres
+/// is only entered after the future is gone: its ERROR must never unwind through a running
+/// tokio poll.
 pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
     pgrx::check_for_interrupts!();
+    if let Some(error) = overdue() {
+        return Err(error);
+    }
     let finished = runtime.block_on(async {
         tokio::pin!(future);
         let mut tick = tokio::time::interval(POLL);
@@ -24,7 +57,7 @@ pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
             tokio::select! {
                 biased;
                 output = &mut future => return Some(output),
-                _ = tick.tick() => if pending() || postmaster_gone() { return None },
+                _ = tick.tick() => if pending() || postmaster_gone() || overdue().is_some() { return None },
             }
         }
     });
@@ -35,8 +68,9 @@ pub fn wait<F: Future>(runtime: &Runtime, future: F) -> Result<F::Output> {
         )),
         None => {
             pgrx::check_for_interrupts!();
-            // Interrupts were held off: still stop, with the cancel's own SQLSTATE.
-            Err(Error::cancelled())
+            // The run is past its time, or interrupts were held off: still stop, with the
+            // cancel's own SQLSTATE.
+            Err(overdue().unwrap_or_else(Error::cancelled))
         }
     }
 }

@@ -9,6 +9,7 @@ pub use apisync_core::{error, extract, fetch, policy, spec, suggest};
 
 pub mod interrupt;
 pub mod jobs;
+pub mod legacy;
 pub mod oauth;
 pub mod roles;
 pub mod route;

@@ -20,7 +20,6 @@ use serde_json::Value;
 use crate::error::{Error, Result, SqlState};
 use crate::fetch::oauth::TokenEndpoint;
 use crate::fetch::Http;
-use crate::roles::as_catalog_owner;
 use crate::spec::{refresh_grant, RefreshGrant};
 use crate::sql::OrRaise;
 
@@ -63,6 +62,7 @@ pub fn access_token(
     if tokens == Tokens::CheckOnly {
         return Some("unexchanged".into());
     }
+    crate::settings::require_enabled().or_raise();
     // SAFETY: reads a session global on the backend thread.
     let key = (unsafe { pg_sys::MyDatabaseId }, role, grant);
     if let Some(token) = cached(&key) {
@@ -259,23 +259,11 @@ fn exchange_in_worker(
 
 /// Whether this transaction wrote or locked `role`'s secret `name` (the worker would wait for it).
 fn holds_secret(role: Oid, name: &str) -> bool {
-    let ids = as_catalog_owner(|| {
-        Spi::get_two_with_args::<String, String>(
-            "SELECT xmin::pg_catalog.text, xmax::pg_catalog.text FROM apisync.secrets
-             WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole AND name OPERATOR(pg_catalog.=) $2",
-            &[role.into(), name.into()],
-        )
-    });
-    let Ok((xmin, xmax)) = ids else {
-        return false;
-    };
-    [xmin, xmax]
-        .into_iter()
-        .flatten()
-        .filter_map(|id| id.parse::<u32>().ok())
-        .filter(|id| *id != 0)
-        // SAFETY: a lookup in this backend's transaction state.
-        .any(|id| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(id.into()) })
+    crate::jobs::catalog::touched_by_this_transaction(
+        "SELECT xmin::pg_catalog.text, xmax::pg_catalog.text FROM apisync.secrets
+         WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole AND name OPERATOR(pg_catalog.=) $2",
+        &[role.into(), name.into()],
+    )
 }
 
 /// The worker: attaches the caller's segment, exchanges under the secret's row lock, commits, and

@@ -125,6 +125,7 @@ pub fn start(
     requester: Requester,
     run: Option<RunTally>,
 ) -> Fetch {
+    settings::require_enabled().or_raise();
     if let Requester::Role(owner) = requester {
         crate::roles::require_network_privilege(owner).or_raise();
     }

@@ -7,7 +7,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, Result, SqlState};
 use crate::policy::NetworkPolicy;
 use crate::spec::Limits;
 
@@ -23,6 +23,8 @@ pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 102
 pub static USER_AGENT: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_USER_AGENT));
 pub static ENABLE_SUPERUSER_JOBS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MAX_RUN_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static DATABASE_NAME: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static MAX_PARALLEL_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -92,6 +94,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"apisync.enabled",
+        c"Whether pg_apisync makes requests and runs jobs at all.",
+        c"Off refuses every request and every run: what a DBA sets on a restored copy of production.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"apisync.enable_superuser_jobs",
         c"Whether jobs owned by a superuser may run.",
         c"As pg_cron's cron.enable_superuser_jobs.",
@@ -121,6 +131,16 @@ pub fn init() {
         1024,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apisync.max_run_time",
+        c"Time a job run may take before it is stopped and failed; 0 for no limit.",
+        c"Checked while the run waits on the network, at least every 50 ms.",
+        &MAX_RUN_TIME,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"apisync.run_history_days",
@@ -155,6 +175,20 @@ fn text(setting: &GucSetting<Option<CString>>) -> String {
         .get()
         .map(|value| value.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The kill switch, asked before every request (the fetch route, api_request, a token exchange)
+/// and every run. Checking, creating, changing and dropping jobs stay allowed: a DBA may tidy a
+/// restored copy with the switch off.
+pub fn require_enabled() -> Result<()> {
+    if ENABLED.get() {
+        return Ok(());
+    }
+    Err(Error::new(
+        SqlState::from_code("55000"),
+        "pg_apisync is switched off on this server (apisync.enabled = off): no request is made and no job runs",
+    )
+    .with_hint("a superuser sets apisync.enabled = on in postgresql.conf and reloads"))
 }
 
 /// The settings that bound a request, as plain values for the Postgres-free code.

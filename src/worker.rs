@@ -154,6 +154,9 @@ struct Launcher {
     history_trimmed: Option<Instant>,
     /// Job ids warned about (bad schedule, superuser owner), so the log says it once.
     warned: HashMap<i64, String>,
+    /// Why no job runs here now (another version installed, the kill switch, a standby), said
+    /// once in the log.
+    idle: Option<String>,
 }
 
 /// The scheduler of one database (its OID in `bgw_extra`).
@@ -179,6 +182,7 @@ pub extern "C-unwind" fn apisync_scheduler_main(_arg: pg_sys::Datum) {
         workers: Vec::new(),
         history_trimmed: None,
         warned: HashMap::new(),
+        idle: None,
     };
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
@@ -204,22 +208,42 @@ pub extern "C-unwind" fn apisync_scheduler_main(_arg: pg_sys::Datum) {
     log!("apisync scheduler stopped");
 }
 
+/// Why the scheduler runs no job in this database now, if it does not: pg_apisync of another
+/// version is installed (its catalog differs: its jobs wait for the update), the kill switch is
+/// off, or the server is a standby (a run writes).
+fn idle_reason(installed: Option<&str>) -> Option<String> {
+    let library = env!("CARGO_PKG_VERSION");
+    match installed {
+        None => Some("pg_apisync is not installed".into()),
+        Some(version) if version != library => Some(format!(
+            "pg_apisync {version} is installed in this database and the library is {library}: no job runs until ALTER EXTENSION pg_apisync UPDATE"
+        )),
+        Some(_) => crate::jobs::run::may_run_here()
+            .err()
+            .map(|e| format!("{}: no scheduled job runs", e.message)),
+    }
+}
+
 impl Launcher {
     fn round(&mut self) {
         self.workers
             .retain(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
         let now = Utc::now();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            let installed = Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_apisync')",
+            let installed = Spi::get_one::<String>(
+                "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_apisync'",
             )
             .ok()
-            .flatten()
-            .unwrap_or(false);
-            if !installed {
+            .flatten();
+            if let Some(why) = idle_reason(installed.as_deref()) {
                 self.jobs.clear();
+                if installed.is_some() && self.idle.as_ref() != Some(&why) {
+                    log!("apisync scheduler: {why}");
+                }
+                self.idle = Some(why);
                 return;
             }
+            self.idle = None;
             let _ = Spi::run(
                 "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL lock_timeout = '5s'",
             );

@@ -11,7 +11,7 @@ pub use devapi::DevApi;
 pub use postgres::{Client, NoTls};
 
 /// Where Debian puts PostgreSQL 15; `PG_BINDIR` overrides.
-fn bindir() -> PathBuf {
+pub fn bindir() -> PathBuf {
     std::env::var_os("PG_BINDIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
@@ -109,6 +109,40 @@ impl Cluster {
             dir.display()
         );
         append(&dir.join("postgresql.conf"), &conf);
+        Cluster::launch(dir, port)
+    }
+
+    /// A streaming standby of this cluster (pg_basebackup -R), started on a port of its own.
+    pub fn standby(&self) -> Cluster {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("apisync-it-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        run_as_postgres(
+            Command::new(bindir().join("pg_basebackup"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .args(["-X", "stream", "-R", "-D"])
+                .arg(&dir),
+            "pg_basebackup",
+        );
+        append(
+            &dir.join("postgresql.conf"),
+            &format!(
+                "port = {port}\nunix_socket_directories = '{}'\n",
+                dir.display()
+            ),
+        );
+        Cluster::launch(dir, port)
+    }
+
+    /// Starts the cluster in `dir`, to be stopped and removed at exit.
+    fn launch(dir: PathBuf, port: u16) -> Cluster {
         let mut cleanup = CLEANUP.lock().unwrap();
         if cleanup.is_empty() {
             // SAFETY: registering a plain extern "C" fn without captures.
@@ -164,9 +198,23 @@ impl Cluster {
         (client, notices)
     }
 
+    /// A new connection as `role` to `database`.
+    pub fn connect_to(&self, database: &str, role: &str) -> Client {
+        self.connect_with_to(database, role, |_| {})
+    }
+
     fn connect_with(&self, role: &str, adjust: impl Fn(&mut postgres::Config)) -> Client {
+        self.connect_with_to("postgres", role, adjust)
+    }
+
+    fn connect_with_to(
+        &self,
+        database: &str,
+        role: &str,
+        adjust: impl Fn(&mut postgres::Config),
+    ) -> Client {
         let text = format!(
-            "host=127.0.0.1 port={} user={role} dbname=postgres",
+            "host=127.0.0.1 port={} user={role} dbname={database}",
             self.port
         );
         let mut config: postgres::Config = text.parse().expect("a connection string");

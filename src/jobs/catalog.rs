@@ -123,14 +123,16 @@ fn job_datums(job: &JobRow) -> Vec<pgrx::datum::DatumWithOid<'static>> {
 
 /// Stores a new job; its name must be new among its owner's jobs.
 pub fn insert(job: &JobRow) -> Result<i64> {
+    let mut args = job_datums(job);
+    args.push(fresh_id("apisync.jobs_job_id_seq", "apisync.jobs", "job_id")?.into());
     let inserted = as_catalog_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO apisync.jobs (name, owner, target, url, method, body, path, headers, paging,
-                                       options, write_method, key_columns, schedule, enabled)
-             VALUES ($1, $2::pg_catalog.regrole, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                       options, write_method, key_columns, schedule, enabled, job_id)
+             VALUES ($1, $2::pg_catalog.regrole, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (owner, name) DO NOTHING
              RETURNING job_id",
-            &job_datums(job),
+            &args,
         )
     });
     match inserted {
@@ -170,16 +172,52 @@ pub fn delete(job_id: i64) -> Result<()> {
     .map_err(spi_error)
 }
 
+/// Whether this transaction wrote or changed the catalog row `query` reads (its xmin and xmax
+/// as text): a worker, which runs in a transaction of its own, would not see the change, or
+/// would wait for it.
+pub fn touched_by_this_transaction(query: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
+    let Ok((xmin, xmax)) =
+        as_catalog_owner(|| Spi::get_two_with_args::<String, String>(query, args))
+    else {
+        return false;
+    };
+    [xmin, xmax]
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.parse::<u32>().ok())
+        .filter(|id| *id != 0)
+        // SAFETY: a lookup in this backend's transaction state.
+        .any(|id| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(id.into()) })
+}
+
 /// A new run id.
 pub fn next_run_id() -> Result<i64> {
-    as_catalog_owner(|| {
-        Spi::get_one::<i64>(
-            "SELECT pg_catalog.nextval('apisync.job_runs_run_id_seq'::pg_catalog.regclass)",
-        )
+    fresh_id("apisync.job_runs_run_id_seq", "apisync.job_runs", "run_id")
+}
+
+/// A new id from `sequence` that no row of `table` holds yet. A sequence behind its table (a
+/// restore that did not bring it along) is an error that says so: never a run that returns an
+/// old run's row, nor a clash reported as a duplicate name.
+fn fresh_id(sequence: &str, table: &str, column: &str) -> Result<i64> {
+    let drawn = as_catalog_owner(|| {
+        Spi::get_two::<i64, bool>(&format!(
+            "SELECT n, EXISTS (SELECT 1 FROM {table} WHERE {column} OPERATOR(pg_catalog.=) n)
+             FROM pg_catalog.nextval('{sequence}'::pg_catalog.regclass) n"
+        ))
     })
-    .ok()
-    .flatten()
-    .ok_or_else(|| Error::internal("could not draw a run id"))
+    .map_err(|e| Error::internal(format!("could not draw a new {column}: {e}")))?;
+    match drawn {
+        (Some(id), Some(false)) => Ok(id),
+        (Some(id), _) => Err(Error::new(
+            SqlState::from_code("23505"),
+            format!("{column} {id} is taken already: the sequence {sequence} is behind {table}"),
+        )
+        .with_detail("a restore that did not bring the sequence along leaves it so")
+        .with_hint(format!(
+            "a superuser sets it past the table: SELECT setval('{sequence}', (SELECT max({column}) FROM {table}))"
+        ))),
+        _ => Err(Error::internal(format!("could not draw a new {column}"))),
+    }
 }
 
 /// The run lock of a job: one run at a time. An advisory lock of this database keyed on both
@@ -260,7 +298,14 @@ pub fn begin_run(job: &JobRow, run_id: i64, trigger: &str, locked: bool) -> Resu
             ],
         )
     })
-    .map_err(|e| Error::internal(format!("could not record run {run_id}: {e}")))
+    .map_err(|e| Error::internal(format!("could not record run {run_id}: {e}")))?;
+    if !locked {
+        log!(
+            "apisync job \"{}\" run {run_id} skipped: another run of this job was in progress",
+            job.name
+        );
+    }
+    Ok(())
 }
 
 /// What a run wrote.
@@ -304,7 +349,8 @@ pub fn record(run_id: i64, stats: &FetchStats, written: &Written, outcome: Outco
                             requests = $3, pages = $4, bytes = $5, rows_fetched = $6,
                             rows_inserted = $7, rows_updated = $8, rows_deleted = $9, error = $10, sqlstate = $11,
                             rows_rejected = $12, cut_by = $13, requests_skipped = $14
-                     WHERE run_id OPERATOR(pg_catalog.=) $1",
+                     WHERE run_id OPERATOR(pg_catalog.=) $1
+                     RETURNING job_name, (finished_at OPERATOR(pg_catalog.-) started_at)::pg_catalog.text",
                     None,
                     &[
                         run_id.into(),
@@ -323,14 +369,29 @@ pub fn record(run_id: i64, stats: &FetchStats, written: &Written, outcome: Outco
                         (stats.skipped as i64).into(),
                     ],
                 )
-                .map(|t| t.len())
+                .and_then(|table| {
+                    let row = table.first();
+                    Ok(match row.get::<String>(1)? {
+                        Some(name) => Some((name, row.get::<String>(2)?.unwrap_or_default())),
+                        None => None,
+                    })
+                })
         })
     })
     .map_err(|e| Error::internal(format!("could not record run {run_id}: {e}")))?;
-    if updated != 1 {
+    let Some((job_name, took)) = updated else {
         return Err(Error::internal(format!(
             "could not record run {run_id}: its row is gone"
         )));
+    };
+    if status != "running" {
+        let error = error
+            .map(|(message, sqlstate)| format!(": {message} (SQLSTATE {sqlstate})"))
+            .unwrap_or_default();
+        log!(
+            "apisync job \"{job_name}\" run {run_id} {status} in {took}: {} rows fetched, {} inserted, {} updated, {} deleted, {} rejected{error}",
+            stats.rows, written.inserted, written.updated, written.deleted, written.rejected
+        );
     }
     Ok(())
 }

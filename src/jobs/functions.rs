@@ -349,8 +349,9 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         let job = catalog::find(name, current_user()).or_raise();
         let run_id = crate::jobs::run::run_and_wait(&job).or_raise();
         let row = Spi::get_one_with_args::<PgHeapTuple<'static, AllocatedByRust>>(
-            "SELECT r FROM apisync.job_runs r WHERE r.run_id OPERATOR(pg_catalog.=) $1",
-            &[run_id.into()],
+            "SELECT r FROM apisync.job_runs r
+             WHERE r.run_id OPERATOR(pg_catalog.=) $1 AND r.job_id OPERATOR(pg_catalog.=) $2",
+            &[run_id.into(), job.job_id.into()],
         )
         .ok()
         .flatten()
@@ -433,6 +434,27 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         TableIterator::new(lines)
     }
 
+    /// When `schedule` fires next after `after` (NULL when never), as the scheduler reckons it:
+    /// `apisync.job_status` shows it.
+    #[pg_extern(stable, parallel_safe, name = "_next_run")]
+    #[search_path(pg_catalog, pg_temp)]
+    fn next_run(
+        schedule: &str,
+        after: pgrx::datum::TimestampWithTimeZone,
+    ) -> Option<pgrx::datum::TimestampWithTimeZone> {
+        // PostgreSQL counts microseconds from 2000-01-01, Unix from 1970-01-01.
+        const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+        let after = chrono::DateTime::from_timestamp_micros(
+            pg_sys::TimestampTz::from(after) + POSTGRES_EPOCH_MICROS,
+        )?;
+        let next = crate::jobs::Schedule::parse(schedule)
+            .ok()?
+            .next_after(after)?;
+        (next.timestamp_micros() - POSTGRES_EPOCH_MICROS)
+            .try_into()
+            .ok()
+    }
+
     /// The rows of the run this process is running: only a run's own statements read them;
     /// anywhere else it is an error. Executable by PUBLIC because those statements run with the
     /// job owner's rights.
@@ -467,6 +489,38 @@ GRANT SELECT ON apisync.job_progress TO PUBLIC;
 "#,
     name = "job_progress",
     requires = ["bootstrap", run_progress]
+);
+
+// The morning status: per job its schedule, the next time it fires, its last run (skipped runs
+// aside) and how many runs failed since the last success; each role sees its own jobs.
+pgrx::extension_sql!(
+    r#"
+CREATE VIEW apisync.job_status WITH (security_invoker = true) AS
+    SELECT j.job_id, j.name, j.owner, j.target, j.write_method, j.schedule, j.enabled,
+           CASE WHEN j.enabled THEN apisync._next_run(j.schedule, pg_catalog.now()) END AS next_run,
+           l.run_id AS last_run_id, l.trigger AS last_trigger, l.status AS last_status,
+           l.started_at AS last_started_at, l.finished_at AS last_finished_at,
+           l.finished_at OPERATOR(pg_catalog.-) l.started_at AS last_duration,
+           l.rows_fetched AS last_rows_fetched,
+           l.rows_inserted OPERATOR(pg_catalog.+) l.rows_updated OPERATOR(pg_catalog.+) l.rows_deleted AS last_rows_written,
+           l.error AS last_error, l.sqlstate AS last_sqlstate,
+           s.finished_at AS last_success_at,
+           (SELECT pg_catalog.count(*) FROM apisync.job_runs f
+            WHERE f.job_id OPERATOR(pg_catalog.=) j.job_id AND f.status OPERATOR(pg_catalog.=) 'failed'
+              AND f.run_id OPERATOR(pg_catalog.>) coalesce(s.run_id, 0)) AS consecutive_failures
+    FROM apisync.jobs j
+    LEFT JOIN LATERAL (
+        SELECT r.* FROM apisync.job_runs r
+        WHERE r.job_id OPERATOR(pg_catalog.=) j.job_id AND r.status OPERATOR(pg_catalog.<>) 'skipped'
+        ORDER BY r.run_id DESC LIMIT 1) l ON true
+    LEFT JOIN LATERAL (
+        SELECT r.run_id, r.finished_at FROM apisync.job_runs r
+        WHERE r.job_id OPERATOR(pg_catalog.=) j.job_id AND r.status OPERATOR(pg_catalog.=) 'succeeded'
+        ORDER BY r.run_id DESC LIMIT 1) s ON true;
+GRANT SELECT ON apisync.job_status TO PUBLIC;
+"#,
+    name = "job_status",
+    requires = ["bootstrap", next_run]
 );
 
 pgrx::extension_sql!(

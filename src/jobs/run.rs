@@ -83,9 +83,24 @@ impl RunRequest {
     }
 }
 
+/// Whether any job may run on this server now: the kill switch is on, and the server is no
+/// standby (a run writes its target and the catalog).
+pub fn may_run_here() -> Result<()> {
+    settings::require_enabled()?;
+    // SAFETY: reads shared state on the backend thread.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(Error::new(
+            SqlState::from_code("25006"),
+            "this server is a standby: a run writes its target and the catalog, so jobs run on the primary",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `job` may run at all: its owner exists, and is no superuser while
 /// apisync.enable_superuser_jobs is off. Checked where a run starts and again in the worker.
 pub fn check_owner(job: &JobRow) -> Result<()> {
+    may_run_here()?;
     if role_name(job.owner).is_none() {
         return Err(Error::new(
             SqlState::UndefinedObject,
@@ -147,6 +162,48 @@ pub fn start_worker(
     Ok((worker, run_id))
 }
 
+/// What of the caller's transaction the run — a transaction of its own — would trip over: the
+/// job created or changed in it (the run cannot see that), or a lock on the target (the run
+/// would wait for it, and the caller for the run).
+fn conflict_with_caller(job: &JobRow) -> Result<()> {
+    let job_changed = catalog::touched_by_this_transaction(
+        "SELECT xmin::pg_catalog.text, xmax::pg_catalog.text FROM apisync.jobs
+         WHERE job_id OPERATOR(pg_catalog.=) $1",
+        &[job.job_id.into()],
+    );
+    let target_locked = || {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+                            WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+                              AND relation OPERATOR(pg_catalog.=) $1 AND granted)",
+            &[job.target.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    };
+    let (code, what, hint) = if job_changed {
+        (
+            "55000",
+            " was created or changed in this transaction, which its run cannot see",
+            "commit the job first: the run works in a transaction of its own",
+        )
+    } else if target_locked() {
+        (
+            "55P03",
+            ": this transaction holds a lock on the target table, which the run would wait for",
+            "call run_job in a transaction that has not touched the target",
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(
+        SqlState::from_code(code),
+        format!("apisync job \"{}\"{what}", job.name),
+    )
+    .with_hint(hint))
+}
+
 /// run_job: starts a run of `job` and waits for its worker (a cancel stops the worker too);
 /// returns the run id, whose row the worker wrote.
 pub fn run_and_wait(job: &JobRow) -> Result<i64> {
@@ -158,26 +215,7 @@ pub fn run_and_wait(job: &JobRow) -> Result<i64> {
         ));
     }
     check_owner(job)?;
-    // The worker would wait for a lock this transaction holds, and this transaction for the worker.
-    let holds_target = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
-                        WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
-                          AND relation OPERATOR(pg_catalog.=) $1 AND granted)",
-        &[job.target.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if holds_target {
-        return Err(Error::new(
-            SqlState::from_code("55P03"),
-            format!(
-                "apisync job \"{}\": this transaction holds a lock on the target table, which the run would wait for",
-                job.name
-            ),
-        )
-        .with_hint("call run_job in a transaction that has not touched the target"));
-    }
+    conflict_with_caller(job)?;
     // SAFETY: reads a session global on the backend thread.
     let pid = unsafe { pg_sys::MyProcPid };
     let (worker, run_id) = start_worker(job, Trigger::Manual, Some(pid))?;
@@ -204,6 +242,7 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
     // As the bootstrap superuser: the catalog is written with its rights, the run with the owner's.
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(request.database), None);
     let run_id = request.run_id;
+    crate::interrupt::set_run_deadline(settings::MAX_RUN_TIME.get().max(0) as u32);
     let Some(job) = transaction(|| begin(&request)) else {
         return;
     };
@@ -218,7 +257,6 @@ pub extern "C-unwind" fn apisync_run_worker(_arg: pg_sys::Datum) {
     .catch_others(|caught| Some(describe(caught)))
     .execute();
     if let Some((message, sqlstate)) = outcome {
-        log!("apisync run {run_id} failed: {message} (SQLSTATE {sqlstate})");
         // SAFETY: leaves the failed transaction, as a worker's error recovery does.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
         let stats = fetch.borrow().as_ref().map(stats_of).unwrap_or_default();

@@ -24,7 +24,8 @@ fn api_request(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pgrx::composite_type!('static, "api_response") {
     let args = request_args(url, method, body, headers, options);
-    let spec = settings::limits()
+    let spec = settings::require_enabled()
+        .and_then(|()| settings::limits())
         .and_then(|limits| parse_request(args, &limits))
         .or_raise();
     let http = Http::get().or_raise();
