@@ -25,6 +25,7 @@ pub static USER_AGENT: GucSetting<Option<CString>> =
 pub static ENABLE_SUPERUSER_JOBS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_RUN_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
 pub static DATABASE_NAME: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static MAX_PARALLEL_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -132,6 +133,21 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // SAFETY: the hook only reads the proposed value, as a check hook may (no allocation that
+    // outlives it, no ERROR).
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"apisync.timezone",
+            c"The time zone in which job schedules' cron fields are read.",
+            c"An IANA name such as Europe/Berlin; a schedule may name its own with CRON_TZ=<zone>.",
+            &TIMEZONE,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_timezone),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"apisync.max_run_time",
         c"Time a job run may take before it is stopped and failed; 0 for no limit.",
@@ -153,6 +169,30 @@ pub fn init() {
         GucFlags::default(),
     );
     reserve_prefix();
+}
+
+/// `apisync.timezone` accepts the IANA names the scheduler knows.
+unsafe extern "C-unwind" fn check_timezone(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL hands a valid pointer to the proposed value (NULL for none).
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval)
+    };
+    value
+        .to_str()
+        .is_ok_and(|name| crate::jobs::parse_zone(name).is_ok())
+}
+
+/// `apisync.timezone`, where job schedules' cron fields are read (its check hook admits only
+/// zones that parse).
+pub fn timezone() -> chrono_tz::Tz {
+    crate::jobs::parse_zone(&text(&TIMEZONE)).unwrap_or(chrono_tz::UTC)
 }
 
 /// `apisync.database_name`.

@@ -143,6 +143,8 @@ fn database_oid(name: &str) -> Option<pg_sys::Oid> {
 
 struct ScheduledJob {
     schedule_text: String,
+    /// `apisync.timezone` when the next time was reckoned.
+    zone: chrono_tz::Tz,
     schedule: Schedule,
     /// `None`: the schedule never fires again.
     next: Option<DateTime<Utc>>,
@@ -265,18 +267,20 @@ impl Launcher {
     fn consider(&mut self, now: DateTime<Utc>, job: &JobRow) {
         let job_id = job.job_id;
         let text = job.args.schedule.as_deref().unwrap_or_default();
+        let zone = settings::timezone();
         let known = self
             .jobs
             .get(&job_id)
-            .is_some_and(|j| j.schedule_text == text);
+            .is_some_and(|j| j.schedule_text == text && j.zone == zone);
         if !known {
             match Schedule::parse(text) {
                 Ok(schedule) => {
-                    let next = schedule.next_after(now);
+                    let next = schedule.next_after(now, zone);
                     self.jobs.insert(
                         job_id,
                         ScheduledJob {
                             schedule_text: text.into(),
+                            zone,
                             schedule,
                             next,
                         },
@@ -304,7 +308,7 @@ impl Launcher {
             return; // due; tried again next round
         }
         // This occurrence is taken, run or not.
-        scheduled.next = scheduled.schedule.next_after(now);
+        scheduled.next = scheduled.schedule.next_after(now, scheduled.zone);
         if let Err(e) = check_owner(job) {
             self.warn_once(job_id, format!("{}: not run", e.message));
             return;

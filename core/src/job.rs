@@ -322,12 +322,29 @@ fn key_like(name: &str) -> bool {
     .contains(&name.as_str())
 }
 
-/// A job's schedule, in pg_cron's syntax: five cron fields (UTC, as pg_cron's default) or
-/// `'N seconds'` (1 to 59).
+/// A job's schedule, in pg_cron's syntax: five cron fields or `'N seconds'` (1 to 59). The cron
+/// fields are read in a time zone: the job's own when the schedule starts with `CRON_TZ=<zone> `
+/// (or `TZ=<zone> `, as cronie and Kubernetes write it), else `apisync.timezone` (UTC by default).
+/// Daylight-saving changes follow croner's rules: a time that a spring-forward gap skips fires at
+/// the end of the gap, and a time that a fall-back hour repeats fires once, at its first instant.
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    Cron(Box<croner::Cron>),
+    Cron {
+        cron: Box<croner::Cron>,
+        /// The job's own zone; `None` takes the setting's.
+        zone: Option<chrono_tz::Tz>,
+    },
     Every(std::time::Duration),
+}
+
+/// An IANA time zone name (`Europe/Berlin`, `UTC`).
+pub fn parse_zone(name: &str) -> std::result::Result<chrono_tz::Tz, String> {
+    name.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+        format!(
+            "unknown time zone \"{}\": use an IANA name such as Europe/Berlin or UTC",
+            name.trim()
+        )
+    })
 }
 
 impl Schedule {
@@ -335,13 +352,28 @@ impl Schedule {
         let text = text.trim();
         let invalid = |why: String| {
             Error::invalid(format!("invalid schedule \"{text}\": {why}")).with_hint(
-                "use five cron fields, such as */5 * * * *, or 'N seconds' with N from 1 to 59",
+                "use five cron fields, such as */5 * * * *, optionally after CRON_TZ=<zone>, or 'N seconds' with N from 1 to 59",
             )
         };
-        if let Some(seconds) = text
-            .strip_suffix("seconds")
-            .or_else(|| text.strip_suffix("second"))
+        let (zone, fields) = match text
+            .strip_prefix("CRON_TZ=")
+            .or_else(|| text.strip_prefix("TZ="))
         {
+            Some(rest) => {
+                let (name, fields) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                (Some(parse_zone(name).map_err(invalid)?), fields.trim())
+            }
+            None => (None, text),
+        };
+        if let Some(seconds) = fields
+            .strip_suffix("seconds")
+            .or_else(|| fields.strip_suffix("second"))
+        {
+            if zone.is_some() {
+                return Err(invalid(
+                    "a time zone applies to cron fields, not to seconds".into(),
+                ));
+            }
             let seconds: u64 = seconds
                 .trim()
                 .parse()
@@ -351,10 +383,10 @@ impl Schedule {
             }
             return Ok(Schedule::Every(std::time::Duration::from_secs(seconds)));
         }
-        if !text.starts_with('@') && text.split_whitespace().count() != 5 {
+        if !fields.starts_with('@') && fields.split_whitespace().count() != 5 {
             return Err(invalid("a cron schedule has five fields".into()));
         }
-        let cron = croner::Cron::new(text)
+        let cron = croner::Cron::new(fields)
             .parse()
             .map_err(|e| invalid(e.to_string()))?;
         // A pattern such as "0 0 30 2 *" parses but never fires: refused, never run every tick.
@@ -364,17 +396,27 @@ impl Schedule {
         {
             return Err(invalid("it never fires".into()));
         }
-        Ok(Schedule::Cron(Box::new(cron)))
+        Ok(Schedule::Cron {
+            cron: Box::new(cron),
+            zone,
+        })
     }
 
-    /// The first time after `after` the job is due.
+    /// The first time after `after` the job is due; cron fields are read in the job's zone, or
+    /// else in `default_zone` (`apisync.timezone`).
     pub fn next_after(
         &self,
         after: chrono::DateTime<chrono::Utc>,
+        default_zone: chrono_tz::Tz,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
         match self {
             Schedule::Every(every) => chrono::Duration::from_std(*every).ok().map(|d| after + d),
-            Schedule::Cron(cron) => cron.find_next_occurrence(&after, false).ok(),
+            Schedule::Cron { cron, zone } => {
+                let local = after.with_timezone(&zone.unwrap_or(default_zone));
+                cron.find_next_occurrence(&local, false)
+                    .ok()
+                    .map(|next| next.with_timezone(&chrono::Utc))
+            }
         }
     }
 }
@@ -465,7 +507,9 @@ mod tests {
             ("0 3 * * 1", utc(7, 3, 0, 0)),
         ] {
             assert_eq!(
-                Schedule::parse(schedule).unwrap().next_after(at),
+                Schedule::parse(schedule)
+                    .unwrap()
+                    .next_after(at, chrono_tz::UTC),
                 Some(due),
                 "{schedule}"
             );
@@ -478,6 +522,8 @@ mod tests {
             "every minute",
             "0 0 * * * *",
             "0 0 30 2 *",
+            "CRON_TZ=Mars/Olympus 0 9 * * *",
+            "TZ=Europe/Berlin 30 seconds",
         ] {
             let err = Schedule::parse(bad).unwrap_err();
             assert!(
@@ -486,6 +532,49 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn schedules_read_their_fields_in_a_time_zone_through_daylight_saving() {
+        use chrono::TimeZone;
+        let utc = |y, mo, d, h, mi| chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap();
+        let berlin: chrono_tz::Tz = parse_zone("Europe/Berlin").unwrap();
+        let nine = Schedule::parse("0 9 * * *").unwrap();
+        // 09:00 in Berlin is 08:00 UTC in winter, 07:00 in summer; UTC is the default.
+        assert_eq!(
+            nine.next_after(utc(2026, 12, 1, 10, 0), berlin),
+            Some(utc(2026, 12, 2, 8, 0))
+        );
+        assert_eq!(
+            nine.next_after(utc(2026, 7, 1, 10, 0), berlin),
+            Some(utc(2026, 7, 2, 7, 0))
+        );
+        assert_eq!(
+            nine.next_after(utc(2026, 7, 1, 10, 0), chrono_tz::UTC),
+            Some(utc(2026, 7, 2, 9, 0))
+        );
+        // The job's own zone wins over the setting's.
+        let own = Schedule::parse("CRON_TZ=America/New_York 0 9 * * *").unwrap();
+        assert_eq!(
+            own.next_after(utc(2026, 12, 1, 10, 0), berlin),
+            Some(utc(2026, 12, 1, 14, 0))
+        );
+        assert!(Schedule::parse("TZ=Asia/Tokyo 0 9 * * *").is_ok());
+        // Spring forward (2026-03-29, 02:00 -> 03:00 in Berlin): 02:30 does not exist and fires
+        // at the end of the gap, 03:00 CEST = 01:00 UTC.
+        let gap = Schedule::parse("30 2 * * *").unwrap();
+        assert_eq!(
+            gap.next_after(utc(2026, 3, 28, 12, 0), berlin),
+            Some(utc(2026, 3, 29, 1, 0))
+        );
+        // Fall back (2026-10-25, 03:00 -> 02:00): 02:30 happens twice and fires once, at the
+        // first (00:30 UTC); the next is the day after.
+        let first = gap.next_after(utc(2026, 10, 24, 12, 0), berlin).unwrap();
+        assert_eq!(first, utc(2026, 10, 25, 0, 30));
+        assert_eq!(
+            gap.next_after(first, berlin),
+            Some(utc(2026, 10, 26, 1, 30))
+        );
     }
 
     #[test]

@@ -449,7 +449,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         )?;
         let next = crate::jobs::Schedule::parse(schedule)
             .ok()?
-            .next_after(after)?;
+            .next_after(after, crate::settings::timezone())?;
         (next.timestamp_micros() - POSTGRES_EPOCH_MICROS)
             .try_into()
             .ok()

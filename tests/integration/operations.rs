@@ -426,6 +426,32 @@ fn kill_switch_run_log_line_max_run_time_and_standby() {
     );
     assert_eq!(one::<i64>(&mut admin, "SELECT count(*) FROM slow"), 0);
 
+    // apisync.timezone: cron fields read in Tokyo (03:00 there is 18:00 UTC the day before);
+    // a name it does not know is refused.
+    admin
+        .batch_execute(
+            "SELECT apisync.alter_job('users', enabled => true, schedule => '0 3 1 1 *')",
+        )
+        .unwrap();
+    let (code, _, _) =
+        sql_error(admin.batch_execute("ALTER SYSTEM SET apisync.timezone = 'Mars/Olympus'"));
+    assert_eq!(code, "22023");
+    admin
+        .batch_execute("ALTER SYSTEM SET apisync.timezone = 'Asia/Tokyo'")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    until(
+        &cluster,
+        "SELECT current_setting('apisync.timezone') = 'Asia/Tokyo'",
+    );
+    assert_eq!(
+        one::<String>(
+            &mut cluster.connect(),
+            "SELECT to_char(next_run AT TIME ZONE 'UTC', 'MM-DD HH24:MI') FROM apisync.job_status WHERE name = 'users'"
+        ),
+        "12-31 18:00"
+    );
+
     // A standby reads (its catalog follows the primary's) but runs nothing.
     let standby = cluster.standby();
     let mut replica = standby.connect();
@@ -473,6 +499,27 @@ fn job_status_shows_the_last_run_the_failures_since_a_success_and_the_next_run()
     assert_eq!(
         one::<String>(&mut user, status),
         "succeeded 0 f f 1 01-01 03:00"
+    );
+    // A schedule may read its fields in a zone of its own: 03:00 in New York is 08:00 UTC in
+    // January. An unknown zone is refused.
+    user.batch_execute(
+        "SELECT apisync.alter_job('status', schedule => 'CRON_TZ=America/New_York 0 3 1 1 *')",
+    )
+    .unwrap();
+    assert_eq!(
+        one::<String>(
+            &mut user,
+            "SELECT to_char(next_run AT TIME ZONE 'UTC', 'MM-DD HH24:MI') FROM apisync.job_status WHERE name = 'status'"
+        ),
+        "01-01 08:00"
+    );
+    let (code, message, _) = sql_error(user.batch_execute(
+        "SELECT apisync.alter_job('status', schedule => 'CRON_TZ=Mars/Olympus 0 3 * * *')",
+    ));
+    assert_eq!(code, "22023");
+    assert!(
+        message.contains("unknown time zone \"Mars/Olympus\""),
+        "{message}"
     );
     user.batch_execute("SELECT apisync.alter_job('status', enabled => false)")
         .unwrap();
