@@ -221,4 +221,38 @@ CREATE VIEW apisync.job_status WITH (security_invoker = true) AS
         ORDER BY r.run_id DESC LIMIT 1) s ON true;
 GRANT SELECT ON apisync.job_status TO PUBLIC;
 
+-- The fetches in flight, from shared memory.
+CREATE FUNCTION apisync."_fetch_progress"() RETURNS TABLE (
+	"pid" INT,
+	"database" oid,
+	"role" oid,
+	"kind" TEXT,
+	"run_id" bigint,
+	"started" timestamp with time zone,
+	"url" TEXT,
+	"state" TEXT,
+	"param_sets_done" bigint,
+	"param_sets_total" bigint,
+	"pages" bigint,
+	"rows" bigint,
+	"bytes" bigint,
+	"requests" bigint,
+	"retries" bigint,
+	"requests_in_flight" INT,
+	"network_ms" double precision,
+	"converting_ms" double precision
+)
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'fetch_progress_rows_wrapper';
+
+CREATE VIEW apisync.fetch_progress AS
+    SELECT p.pid, d.datname, p.role::pg_catalog.regrole AS role, p.kind, p.run_id, p.started, p.url,
+           p.state, p.param_sets_done, p.param_sets_total, p.pages, p.rows, p.bytes, p.requests,
+           p.retries, p.requests_in_flight, p.network_ms, p.converting_ms
+    FROM apisync._fetch_progress() p
+    LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) p.database;
+GRANT SELECT ON apisync.fetch_progress TO PUBLIC;
+
 DROP FUNCTION apisync._carry_grants(regprocedure, regprocedure);

@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod roles;
 pub mod route;
 pub mod settings;
+pub mod shmem;
 pub mod sql;
 pub mod worker;
 
@@ -22,6 +23,10 @@ pub mod worker;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    // SAFETY: reads a postmaster flag during _PG_init.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::request();
+    }
     worker::register();
 }
 

@@ -137,6 +137,21 @@ pub fn start(
         .and_then(|layout| Plan::new(layout, &spec.path, spec.paging.as_ref()));
     let http = Http::get().or_raise();
     let tape = maker.wants_tape();
+    let progress = crate::shmem::Progress::start(crate::shmem::Started {
+        kind: match (&requester, &run) {
+            (Requester::Caller, _) => crate::shmem::Kind::ApiFetch,
+            (Requester::Role(_), Some(_)) => crate::shmem::Kind::Run,
+            (Requester::Role(_), None) => crate::shmem::Kind::Sample,
+        },
+        role: match requester {
+            // SAFETY: reads the session's current user on the backend thread.
+            Requester::Caller => unsafe { pg_sys::GetUserId() },
+            Requester::Role(owner) => owner,
+        },
+        run_id: run.as_ref().map(|r| r.run_id),
+        url: &spec.request.shown_url(),
+        sets: spec.fan_out.as_ref().map(|f| f.sets.len() as u64),
+    });
     let stream = PageStream::start(http, Arc::new(spec), plan, tape).or_raise();
     Fetch {
         runtime: &http.runtime,
@@ -150,6 +165,7 @@ pub fn start(
         step_pages: None,
         secrets,
         warn_cut: true,
+        progress,
     }
 }
 
@@ -244,6 +260,8 @@ pub struct Fetch {
     secrets: Vec<String>,
     /// Whether a cut by `max_pages` is news (a WARNING); a sample asks for its first page.
     warn_cut: bool,
+    /// Its row in `apisync.fetch_progress` (with the preload).
+    progress: Option<crate::shmem::Progress>,
 }
 
 impl Drop for Fetch {
@@ -392,8 +410,14 @@ impl Fetch {
         let Some(stream) = self.stream.as_mut() else {
             return false;
         };
+        if let Some(progress) = &self.progress {
+            progress.waiting();
+        }
         match next_page(self.runtime, stream, self.run.as_mut(), self.warn_cut) {
             Some(page) => {
+                if let Some(progress) = &self.progress {
+                    progress.page(&page);
+                }
                 // A step ends with a page, not inside one whose body is still arriving.
                 if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {
                     *pages -= 1;
@@ -403,6 +427,9 @@ impl Fetch {
             }
             None => {
                 self.stream = None;
+                if let Some(progress) = &self.progress {
+                    progress.finished();
+                }
                 self.next_page(PageRows::default());
             }
         }

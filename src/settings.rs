@@ -25,6 +25,7 @@ pub static USER_AGENT: GucSetting<Option<CString>> =
 pub static ENABLE_SUPERUSER_JOBS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_RUN_TIME: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAX_REQUESTS_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
 pub static DATABASE_NAME: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -149,6 +150,16 @@ pub fn init() {
         );
     }
     GucRegistry::define_int_guc(
+        c"apisync.max_requests_in_flight",
+        c"Requests in flight at once across every backend and run; 0 for no limit.",
+        c"Counted in shared memory (needs the preload); a request waits for a free place.",
+        &MAX_REQUESTS_IN_FLIGHT,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"apisync.max_run_time",
         c"Time a job run may take before it is stopped and failed; 0 for no limit.",
         c"Checked while the run waits on the network, at least every 50 ms.",
@@ -240,5 +251,6 @@ pub fn limits() -> Result<Limits> {
         user_agent: text(&USER_AGENT),
         max_pages: MAX_PAGES.get().max(1) as u32,
         policy: Arc::new(policy),
+        gate: crate::shmem::Gate::for_this_process(MAX_REQUESTS_IN_FLIGHT.get().max(0) as u32),
     })
 }

@@ -272,7 +272,10 @@ pub fn check_no_inline_credentials(
             )
             .with_hint("use options.auth with a secret"));
         }
-        if let Some((key, _)) = parsed.query_pairs().find(|(key, _)| key_like(key)) {
+        if let Some((key, _)) = parsed
+            .query_pairs()
+            .find(|(key, _)| crate::spec::key_like(key))
+        {
             return Err(Error::invalid(format!(
                 "a job cannot keep the credential query parameter \"{key}\" in its URL"
             ))
@@ -303,23 +306,6 @@ pub fn check_no_inline_credentials(
         );
     }
     Ok(())
-}
-
-/// Query parameter names that carry credentials by convention.
-fn key_like(name: &str) -> bool {
-    let name = name.to_ascii_lowercase().replace(['-', '_'], "");
-    [
-        "apikey",
-        "key",
-        "token",
-        "accesstoken",
-        "secret",
-        "clientsecret",
-        "password",
-        "signature",
-        "sig",
-    ]
-    .contains(&name.as_str())
 }
 
 /// A job's schedule, in pg_cron's syntax: five cron fields or `'N seconds'` (1 to 59). The cron

@@ -44,6 +44,8 @@ struct State {
     rotating: rotating::Provider,
     /// Generated export bodies, by what they hold (the few most recent).
     exports: Mutex<Vec<(String, Bytes)>>,
+    /// Per `/concurrent/{key}`: requests being answered now, and the most there ever were.
+    concurrent: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 /// A running server on 127.0.0.1; stops when dropped.
@@ -180,6 +182,26 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Body> {
         ["endless", kind] => shapes::endless(kind, &headers, &query),
         ["slowpages"] => shapes::slow_pages(&query).await,
         ["flaky", key] => shapes::flaky(state, key, &query),
+        ["concurrent", key] => {
+            // One row after `ms`, counting how many such requests are being answered at once;
+            // `/concurrent/{key}/max` says the most there were.
+            let key = key.to_string();
+            let count = |change: i64| {
+                let mut all = state.concurrent.lock().unwrap_or_else(|e| e.into_inner());
+                let (now, max) = all.entry(key.clone()).or_default();
+                *now = now.saturating_add_signed(change);
+                *max = (*max).max(*now);
+            };
+            count(1);
+            tokio::time::sleep(Duration::from_millis(number("ms", 100))).await;
+            count(-1);
+            json_response(StatusCode::OK, &json!({"data": [{"key": key}]}))
+        }
+        ["concurrent", key, "max"] => {
+            let all = state.concurrent.lock().unwrap_or_else(|e| e.into_inner());
+            let max = all.get(*key).map_or(0, |(_, max)| *max);
+            json_response(StatusCode::OK, &json!({"max": max}))
+        }
         ["auth", "reflect"] => json_response(
             StatusCode::UNAUTHORIZED,
             &json!({"error": "rejected", "received": headers.get("authorization").and_then(|v| v.to_str().ok())}),

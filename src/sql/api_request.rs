@@ -30,9 +30,20 @@ fn api_request(
         .or_raise();
     let http = Http::get().or_raise();
     let client = http.client(&spec.policy).or_raise();
+    let progress = crate::shmem::Progress::start(crate::shmem::Started {
+        kind: crate::shmem::Kind::ApiRequest,
+        // SAFETY: reads the session's current user on the backend thread.
+        role: unsafe { pg_sys::GetUserId() },
+        run_id: None,
+        url: &spec.shown_url(),
+        sets: None,
+    });
     let response = interrupt::wait(&http.runtime, fetch::send(&client, &spec))
         .and_then(|sent| sent)
         .or_raise();
+    if let Some(progress) = &progress {
+        progress.response(response.body.len(), response.attempts);
+    }
 
     let body_json = serde_json::from_slice::<Value>(&response.body)
         .ok()

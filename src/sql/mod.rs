@@ -3,6 +3,7 @@
 
 mod api_fetch;
 mod api_request;
+mod progress;
 pub(crate) mod rows;
 pub(crate) mod secrets;
 pub(crate) mod suggest;

@@ -536,3 +536,93 @@ fn job_status_shows_the_last_run_the_failures_since_a_success_and_the_next_run()
         0
     );
 }
+
+#[test]
+fn fetch_progress_shows_fetches_in_flight_and_max_requests_in_flight_caps_them() {
+    let cluster = private_cluster();
+    let mut admin = cluster.connect();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE progress_user LOGIN; CREATE ROLE progress_other LOGIN;
+             GRANT EXECUTE ON FUNCTION {API_FETCH} TO progress_user, progress_other;"
+        ))
+        .unwrap();
+    admin
+        .batch_execute("ALTER SYSTEM SET apisync.max_requests_in_flight = 3")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    until(
+        &cluster,
+        "SELECT current_setting('apisync.max_requests_in_flight') = '3'",
+    );
+    // Two sessions fan out over 12 parameter sets each, 8 at a time; each answer takes 300 ms.
+    // The URL carries a key inline: the view masks it.
+    let url = lit(&api().url("/concurrent/progress?ms=300&n={n}&api_key=k-secret"));
+    let fetch = format!(
+        "SELECT count(*) FROM api_fetch({url}, path => '$.data', options => '{{\"concurrency\": 8}}',
+                                        params => (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, 12) g))"
+    );
+    let port = cluster.port;
+    let sessions: Vec<_> = (0..2)
+        .map(|_| {
+            let fetch = fetch.clone();
+            std::thread::spawn(move || {
+                let config =
+                    format!("host=127.0.0.1 port={port} user=progress_user dbname=postgres");
+                let mut client = postgres::Client::connect(&config, postgres::NoTls).unwrap();
+                client.query_one(&fetch, &[]).unwrap().get::<_, i64>(0)
+            })
+        })
+        .collect();
+    let mut user = cluster.connect_as("progress_user");
+    let seen = "SELECT format('%s %s %s %s', kind, role, param_sets_total, url)
+                FROM apisync.fetch_progress WHERE pages > 0 LIMIT 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        if let Some(row) = user.query_opt(seen, &[]).unwrap() {
+            break row.get::<_, String>(0);
+        }
+        assert!(Instant::now() < deadline, "no fetch in progress was seen");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        row.starts_with("api_fetch progress_user 12 http://127.0.0.1:"),
+        "{row}"
+    );
+    assert!(
+        row.contains("api_key=***") && !row.contains("k-secret"),
+        "{row}"
+    );
+    // Another role sees none of them; a superuser sees them.
+    assert_eq!(
+        one::<i64>(
+            &mut cluster.connect_as("progress_other"),
+            "SELECT count(*) FROM apisync.fetch_progress"
+        ),
+        0
+    );
+    assert!(
+        one::<i64>(
+            &mut admin,
+            "SELECT count(*) FROM apisync.fetch_progress WHERE role = 'progress_user'::regrole"
+        ) >= 1
+    );
+    for session in sessions {
+        assert_eq!(session.join().unwrap(), 12, "every set's row came");
+    }
+    // At most 3 requests were in flight at once across both sessions (16 were wanted), and the
+    // cap was reached.
+    let most: i64 = one(
+        &mut admin,
+        &format!(
+            "SELECT (r->>'max')::bigint FROM api_fetch({}) r",
+            lit(&api().url("/concurrent/progress/max"))
+        ),
+    );
+    assert_eq!(most, 3);
+    assert_eq!(
+        one::<i64>(&mut admin, "SELECT count(*) FROM apisync.fetch_progress"),
+        0,
+        "finished fetches leave the view"
+    );
+}

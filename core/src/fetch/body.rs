@@ -17,6 +17,8 @@ const BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
 /// The body of a response whose head was read.
 pub struct BodyStream<'a> {
     response: reqwest::Response,
+    /// The request's place among the requests in flight: given back with the body.
+    _place: super::http::Place,
     spec: &'a RequestSpec,
     /// `None`: the body as sent, byte for byte (`api_request`).
     decompress: Option<Decompress>,
@@ -64,6 +66,7 @@ impl<'a> BodyStream<'a> {
     /// The body of `response`; a Content-Length over the size limit is refused before any read.
     pub fn new(
         response: reqwest::Response,
+        place: super::http::Place,
         spec: &'a RequestSpec,
         decompress: Option<Decompress>,
     ) -> Result<BodyStream<'a>> {
@@ -74,6 +77,7 @@ impl<'a> BodyStream<'a> {
         }
         Ok(BodyStream {
             response,
+            _place: place,
             spec,
             decompress,
             state: State::Start,

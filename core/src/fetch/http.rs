@@ -1,6 +1,7 @@
 //! One HTTP exchange: send a `RequestSpec`, read the body within its size limit, and turn every
 //! failure into an `Error` that says what happened without leaking secrets.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -9,7 +10,7 @@ use reqwest::{Client, Method, StatusCode};
 use super::oauth;
 use crate::error::{Error, Result, SqlState};
 use crate::policy::PolicyDenied;
-use crate::spec::{RateLimit, RequestSpec};
+use crate::spec::{RateLimit, RequestGate, RequestSpec};
 
 /// Statuses worth another try: the server says it may work later.
 const RETRY_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
@@ -44,6 +45,33 @@ pub struct Head {
     /// Requests it took, retries included.
     pub attempts: u32,
     pub response: reqwest::Response,
+    /// Its place among the requests in flight, held until the body is read or dropped.
+    pub(crate) place: Place,
+}
+
+/// A place among the requests in flight across the server (`RequestGate`), given back on drop.
+#[derive(Debug)]
+pub struct Place(Option<Arc<dyn RequestGate>>);
+
+impl Place {
+    /// Waits for a free place (checking every 5 ms; a cancel drops the wait with the future).
+    async fn take(gate: &Option<Arc<dyn RequestGate>>) -> Place {
+        let Some(gate) = gate else {
+            return Place(None);
+        };
+        while !gate.try_enter() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Place(Some(gate.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.0 {
+            gate.leave();
+        }
+    }
 }
 
 impl Head {
@@ -55,7 +83,7 @@ impl Head {
     pub async fn read_all(self, spec: &RequestSpec) -> Result<Response> {
         let length = self.response.content_length();
         // Checked against the limit first: the capacity is reserved only for a body within it.
-        let mut stream = super::body::BodyStream::new(self.response, spec, None)?;
+        let mut stream = super::body::BodyStream::new(self.response, self.place, spec, None)?;
         let mut body = Vec::with_capacity(length.unwrap_or(0) as usize);
         while let Some(piece) = stream.next().await? {
             body.extend_from_slice(&piece);
@@ -222,6 +250,8 @@ impl RateLimit {
 pub const MAX_REDIRECTS: usize = 10;
 
 async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) -> Result<Head> {
+    // Waiting for a place is not the request's time: its timeout starts once it has one.
+    let place = Place::take(&spec.gate).await;
     let started = Instant::now();
     let mut url = spec.url.clone();
     let mut method = spec.method.clone();
@@ -322,6 +352,7 @@ async fn send_once(client: &Client, spec: &RequestSpec, bearer: Option<&str>) ->
         started,
         attempts: 1,
         response,
+        place,
     })
 }
 

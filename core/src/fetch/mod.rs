@@ -850,9 +850,10 @@ async fn read_page(
         headers,
         final_url,
         response,
+        place,
         ..
     } = head;
-    let mut body = BodyStream::new(response, request, Some(spec.body_format.decompress))?;
+    let mut body = BodyStream::new(response, place, request, Some(spec.body_format.decompress))?;
     let Some(mut decoder) = decoder else {
         // A path that cannot stream: the body is read whole, as one part.
         let mut whole = Vec::new();

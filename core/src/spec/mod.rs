@@ -36,6 +36,18 @@ pub struct Limits {
     pub max_pages: u32,
     /// `apisync.allowed_hosts` and `apisync.denied_networks`.
     pub policy: Arc<NetworkPolicy>,
+    /// `apisync.max_requests_in_flight`: the places every process shares, if capped.
+    pub gate: Option<Arc<dyn RequestGate>>,
+}
+
+/// A cap on the requests in flight that other processes share (`apisync.max_requests_in_flight`,
+/// kept in shared memory): a request takes a place before it is sent and gives it back once its
+/// response is read or dropped.
+pub trait RequestGate: Send + Sync + std::fmt::Debug {
+    /// Takes a place; `false` while every place is taken.
+    fn try_enter(&self) -> bool;
+    /// Gives a place back.
+    fn leave(&self);
 }
 
 /// The SQL arguments shared by `api_request` and `api_fetch`, as Rust values.
@@ -70,6 +82,8 @@ pub struct RequestSpec {
     pub policy: Arc<NetworkPolicy>,
     /// What carries credentials, and the one origin they are sent to.
     pub credentials: Arc<Credentials>,
+    /// The cap on requests in flight across the server, if any.
+    pub gate: Option<Arc<dyn RequestGate>>,
 }
 
 /// A request's credentials belong to the origin (scheme, host, port) of the URL they were given
@@ -402,6 +416,27 @@ impl RequestSpec {
     pub fn display_url(&self) -> String {
         display_url(&self.url, &self.secrets)
     }
+
+    /// The URL as other sessions may see it (`apisync.fetch_progress`): as errors show it, and
+    /// the values of query parameters named like credentials (`api_key`, `token`) masked too.
+    pub fn shown_url(&self) -> String {
+        let mut shown = self.url.clone();
+        if shown.query_pairs().any(|(name, _)| key_like(&name)) {
+            let pairs: Vec<(String, String)> = shown
+                .query_pairs()
+                .map(|(name, value)| {
+                    let value = if key_like(&name) {
+                        "***".into()
+                    } else {
+                        value.into_owned()
+                    };
+                    (name.into_owned(), value)
+                })
+                .collect();
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        display_url(&shown, &self.secrets)
+    }
 }
 
 /// Parses the arguments of `api_request`; `api_fetch` adds its own on top (see `FetchSpec::parse`).
@@ -649,6 +684,7 @@ pub(crate) fn parse_common(
         oauth: oauth.map(Arc::new),
         policy: limits.policy.clone(),
         credentials: Arc::new(credentials),
+        gate: limits.gate.clone(),
     };
     Ok((spec, options))
 }
@@ -1070,6 +1106,7 @@ pub fn test_limits() -> Limits {
         policy: Arc::new(
             NetworkPolicy::parse("*", "169.254.0.0/16, fe80::/10, 0.0.0.0/8").unwrap(),
         ),
+        gate: None,
     }
 }
 
@@ -1102,6 +1139,23 @@ fn display_url(url: &Url, secrets: &[String]) -> String {
         text = text.replace(secret.as_str(), "***");
     }
     text
+}
+
+/// Query parameter names that carry credentials by convention.
+pub fn key_like(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace(['-', '_'], "");
+    [
+        "apikey",
+        "key",
+        "token",
+        "accesstoken",
+        "secret",
+        "clientsecret",
+        "password",
+        "signature",
+        "sig",
+    ]
+    .contains(&name.as_str())
 }
 
 /// A URL that did not parse, shown without anything that looks like user info.
