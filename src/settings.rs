@@ -117,8 +117,8 @@ pub fn init() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         GucRegistry::define_string_guc(
             c"apisync.database_name",
-            c"The database whose scheduled jobs the background worker runs.",
-            c"The launcher waits for CREATE EXTENSION pg_apisync there.",
+            c"The databases whose scheduled jobs the background worker runs, comma-separated.",
+            c"One scheduler per database; each waits for CREATE EXTENSION pg_apisync there.",
             &DATABASE_NAME,
             GucContext::Postmaster,
             GucFlags::default(),
@@ -206,9 +206,16 @@ pub fn timezone() -> chrono_tz::Tz {
     crate::jobs::parse_zone(&text(&TIMEZONE)).unwrap_or(chrono_tz::UTC)
 }
 
-/// `apisync.database_name`.
-pub fn database_name() -> String {
-    text(&DATABASE_NAME)
+/// `apisync.database_name`: the databases whose jobs the launcher schedules, comma-separated
+/// (each once, in the order given).
+pub fn database_names() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in text(&DATABASE_NAME).split(',').map(str::trim) {
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 /// A misspelt `apisync.*` setting is an error rather than a silent placeholder.

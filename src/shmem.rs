@@ -1,6 +1,7 @@
 //! What pg_apisync keeps in shared memory (with the preload only): a slot per backend, holding the
-//! progress of its fetch (`apisync.fetch_progress`) and its requests in flight (for
-//! `apisync.max_requests_in_flight`). A slot is written by its own process — progress by the
+//! progress of its fetch (`apisync.fetch_progress`), its requests in flight (for
+//! `apisync.max_requests_in_flight`) and, for a scheduler, its runs (`apisync.max_parallel_jobs`
+//! counts those of every database). A slot is written by its own process — progress by the
 //! backend thread, in-flight counts by the runtime's threads too — and read by any; every field
 //! is an atomic, and the URL text is guarded by a change count (odd while it is written), as
 //! PostgreSQL's backend status array is.
@@ -62,6 +63,11 @@ pub struct Slot {
     rows_us: AtomicU64,
     /// Requests of this process in flight (whatever its progress says).
     in_flight: AtomicU32,
+    /// Runs a scheduler process has going (`apisync.max_parallel_jobs` counts them all).
+    scheduled_runs: AtomicU32,
+    /// Since when a scheduler has had a due run waiting for a place (0: none): places go to the
+    /// longest waiting first, so no database's runs starve another's.
+    waiting_since: AtomicI64,
     url_len: AtomicU32,
     url: [AtomicU8; URL_BYTES],
 }
@@ -173,6 +179,8 @@ fn register_exit(_slot: &'static Slot) {
         if let Some(slot) = my_slot() {
             slot.pid.store(0, Ordering::Release);
             slot.in_flight.store(0, Ordering::Release);
+            slot.scheduled_runs.store(0, Ordering::Release);
+            slot.waiting_since.store(0, Ordering::Release);
         }
     }
     // SAFETY: registers a callback of this process, on the backend thread.
@@ -462,29 +470,83 @@ impl Gate {
     }
 }
 
+/// Runs `body` under the segment's spin lock, held for counting and taking places only.
+fn under_lock<R>(body: impl FnOnce() -> R) -> R {
+    let header = SHARED.load(Ordering::Acquire);
+    // SAFETY: a slot exists, so the segment does, for the life of the server.
+    let lock = unsafe { &(*header).gate_lock };
+    while lock
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+    let result = body();
+    lock.store(false, Ordering::Release);
+    result
+}
+
+/// The places counted by `count` over every slot.
+fn taken(count: fn(&Slot) -> &AtomicU32) -> u32 {
+    slots()
+        .iter()
+        .map(|s| count(s).load(Ordering::Relaxed))
+        .sum()
+}
+
+/// A scheduler may start one more run while the scheduled runs of every database's scheduler
+/// number fewer than `limit` (`apisync.max_parallel_jobs`), and no other scheduler has waited
+/// longer for a place; one that may not starts waiting. Without the segment, by its own count.
+pub fn take_scheduled_run(limit: u32, own: usize) -> bool {
+    let Some(mine) = my_slot() else {
+        return own < limit as usize;
+    };
+    under_lock(|| {
+        let since = match mine.waiting_since.load(Ordering::Relaxed) {
+            0 => now_timestamp(),
+            since => since,
+        };
+        let first_in_line = slots().iter().all(|s| {
+            let other = s.waiting_since.load(Ordering::Relaxed);
+            std::ptr::eq(s, mine) || other == 0 || other >= since
+        });
+        if first_in_line && taken(|s| &s.scheduled_runs) < limit {
+            mine.scheduled_runs.fetch_add(1, Ordering::Relaxed);
+            mine.waiting_since.store(0, Ordering::Relaxed);
+            true
+        } else {
+            mine.waiting_since.store(since, Ordering::Relaxed);
+            false
+        }
+    })
+}
+
+/// This scheduler has no due run waiting (any more).
+pub fn stop_waiting_for_runs() {
+    if let Some(mine) = my_slot() {
+        mine.waiting_since.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The runs this scheduler has going (after it saw some end, or one could not start).
+pub fn set_scheduled_runs(count: usize) {
+    if let Some(slot) = my_slot() {
+        slot.scheduled_runs.store(count as u32, Ordering::Relaxed);
+    }
+}
+
 impl RequestGate for Gate {
     fn try_enter(&self) -> bool {
-        let header = SHARED.load(Ordering::Acquire);
-        // SAFETY: a slot exists, so the segment does, for the life of the server.
-        let lock = unsafe { &(*header).gate_lock };
-        while lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
-        let taken: u32 = slots()
-            .iter()
-            .map(|s| s.in_flight.load(Ordering::Relaxed))
-            .sum();
-        let entered = taken < self.limit;
-        if entered {
-            self.slot.in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        lock.store(false, Ordering::Release);
-        entered
+        under_lock(|| {
+            let entered = taken(|s| &s.in_flight) < self.limit;
+            if entered {
+                self.slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            entered
+        })
     }
 
+    /// Never below zero: a leaving process zeroed its count.
     fn leave(&self) {
         let _ = self
             .slot

@@ -1,11 +1,12 @@
 //! The launcher and the scheduler, background workers that decide *when* scheduled jobs run.
 //!
 //! The launcher starts with the server (pg_apisync in shared_preload_libraries) and connects to no
-//! database: it looks for `apisync.database_name` and starts the scheduler there, again if it
-//! stops. A missing database is one log line a minute, never a restart loop. The scheduler, one
-//! per database (a lock of its own makes sure), waits for the extension to exist, starts one run
-//! worker per due run (`jobs::run`) as run_job does, fails runs that a crash interrupted, and
-//! trims the run history.
+//! database: it looks for each database of `apisync.database_name` and starts a scheduler there,
+//! again if it stops. A missing database is one log line a minute, never a restart loop. The
+//! scheduler, one per database (a lock of its own makes sure), waits for the extension to exist,
+//! starts one run worker per due run (`jobs::run`) as run_job does — at most
+//! `apisync.max_parallel_jobs` across every database, counted in shared memory — fails runs that
+//! a crash interrupted, and trims the run history.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -49,43 +50,43 @@ pub fn register() {
         .load();
 }
 
-#[pg_guard]
-#[no_mangle]
-pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    // No database: the launcher reads only pg_database, so a dropped database cannot stop it.
-    BackgroundWorker::connect_worker_to_spi(None, None);
-    let mut scheduler: Option<(DynamicBackgroundWorker, pg_sys::Oid)> = None;
-    let mut started: Option<Instant> = None;
-    let mut missing_logged: Option<(String, Instant)> = None;
-    while BackgroundWorker::wait_latch(Some(TICK)) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: what a worker does on SIGHUP, on its own thread.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-        let name = settings::database_name();
-        let database = database_oid(&name);
-        if scheduler.as_ref().is_some_and(|(worker, oid)| {
+/// The scheduler of one database of `apisync.database_name`, as the launcher keeps it going.
+struct SchedulerOf {
+    name: String,
+    running: Option<(DynamicBackgroundWorker, pg_sys::Oid)>,
+    started: Option<Instant>,
+    missing_logged: Option<Instant>,
+}
+
+impl SchedulerOf {
+    /// Starts the scheduler of this database when it exists and none runs (at most once every
+    /// RESTART_EVERY), or says once a minute that the database is missing.
+    fn keep_going(&mut self) {
+        let database = database_oid(&self.name);
+        if self.running.as_ref().is_some_and(|(worker, oid)| {
             matches!(worker.pid(), Err(BackgroundWorkerStatus::Stopped)) || Some(*oid) != database
         }) {
-            scheduler = None;
+            self.running = None;
         }
         let Some(database) = database else {
-            let due = missing_logged
-                .as_ref()
-                .is_none_or(|(logged, at)| *logged != name || at.elapsed() >= MISSING_LOG_EVERY);
-            if due {
-                log!("apisync launcher: database \"{name}\" (apisync.database_name) does not exist; waiting for it");
-                missing_logged = Some((name, Instant::now()));
+            if self
+                .missing_logged
+                .is_none_or(|at| at.elapsed() >= MISSING_LOG_EVERY)
+            {
+                log!(
+                    "apisync launcher: database \"{}\" (apisync.database_name) does not exist; waiting for it",
+                    self.name
+                );
+                self.missing_logged = Some(Instant::now());
             }
-            continue;
+            return;
         };
-        missing_logged = None;
-        if scheduler.is_some() || started.is_some_and(|at| at.elapsed() < RESTART_EVERY) {
-            continue;
+        self.missing_logged = None;
+        if self.running.is_some() || self.started.is_some_and(|at| at.elapsed() < RESTART_EVERY) {
+            return;
         }
-        started = Some(Instant::now());
-        let worker = BackgroundWorkerBuilder::new("apisync scheduler")
+        self.started = Some(Instant::now());
+        let worker = BackgroundWorkerBuilder::new(&format!("apisync scheduler {}", self.name))
             .set_type("apisync scheduler")
             .set_library("pg_apisync")
             .set_function("apisync_scheduler_main")
@@ -94,10 +95,38 @@ pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
             .set_restart_time(None)
             .load_dynamic();
         match worker {
-            Ok(worker) => scheduler = Some((worker, database)),
-            Err(_) => {
-                warning!("apisync launcher: could not start the scheduler (max_worker_processes)")
-            }
+            Ok(worker) => self.running = Some((worker, database)),
+            Err(_) => warning!(
+                "apisync launcher: could not start the scheduler of \"{}\" (max_worker_processes)",
+                self.name
+            ),
+        }
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn apisync_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: the launcher reads only pg_database, so a dropped database cannot stop it.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    // apisync.database_name is read at server start: the list never changes while this runs.
+    let mut schedulers: Vec<SchedulerOf> = settings::database_names()
+        .into_iter()
+        .map(|name| SchedulerOf {
+            name,
+            running: None,
+            started: None,
+            missing_logged: None,
+        })
+        .collect();
+    while BackgroundWorker::wait_latch(Some(TICK)) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: what a worker does on SIGHUP, on its own thread.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        for scheduler in &mut schedulers {
+            scheduler.keep_going();
         }
     }
     log!("apisync launcher stopped");
@@ -159,6 +188,8 @@ struct Launcher {
     /// Why no job runs here now (another version installed, the kill switch, a standby), said
     /// once in the log.
     idle: Option<String>,
+    /// A due run of this round found no free place (`apisync.max_parallel_jobs`).
+    blocked: bool,
 }
 
 /// The scheduler of one database (its OID in `bgw_extra`).
@@ -185,6 +216,7 @@ pub extern "C-unwind" fn apisync_scheduler_main(_arg: pg_sys::Datum) {
         history_trimmed: None,
         warned: HashMap::new(),
         idle: None,
+        blocked: false,
     };
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
@@ -230,6 +262,7 @@ impl Launcher {
     fn round(&mut self) {
         self.workers
             .retain(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        crate::shmem::set_scheduled_runs(self.workers.len());
         let now = Utc::now();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
             let installed = Spi::get_one::<String>(
@@ -239,6 +272,7 @@ impl Launcher {
             .flatten();
             if let Some(why) = idle_reason(installed.as_deref()) {
                 self.jobs.clear();
+                crate::shmem::stop_waiting_for_runs();
                 if installed.is_some() && self.idle.as_ref() != Some(&why) {
                     log!("apisync scheduler: {why}");
                 }
@@ -257,8 +291,12 @@ impl Launcher {
                 catalog::trim_history(settings::RUN_HISTORY_DAYS.get());
                 self.history_trimmed = Some(Instant::now());
             }
+            self.blocked = false;
             for job in catalog::scheduled().unwrap_or_default() {
                 self.consider(now, &job);
+            }
+            if !self.blocked {
+                crate::shmem::stop_waiting_for_runs();
             }
         }));
     }
@@ -303,13 +341,15 @@ impl Launcher {
         if now < next {
             return;
         }
-        let limit = settings::MAX_PARALLEL_JOBS.get().max(1) as usize;
-        if self.workers.len() >= limit {
+        let limit = settings::MAX_PARALLEL_JOBS.get().max(1) as u32;
+        if !crate::shmem::take_scheduled_run(limit, self.workers.len()) {
+            self.blocked = true;
             return; // due; tried again next round
         }
         // This occurrence is taken, run or not.
         scheduled.next = scheduled.schedule.next_after(now, scheduled.zone);
         if let Err(e) = check_owner(job) {
+            crate::shmem::set_scheduled_runs(self.workers.len());
             self.warn_once(job_id, format!("{}: not run", e.message));
             return;
         }
@@ -317,6 +357,7 @@ impl Launcher {
             Ok((worker, _)) => self.workers.push(worker),
             Err(e) => warning!("apisync job {job_id} (\"{}\"): {}", job.name, e.message),
         }
+        crate::shmem::set_scheduled_runs(self.workers.len());
     }
 
     fn warn_once(&mut self, job_id: i64, message: String) {

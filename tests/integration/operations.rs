@@ -626,3 +626,60 @@ fn fetch_progress_shows_fetches_in_flight_and_max_requests_in_flight_caps_them()
         "finished fetches leave the view"
     );
 }
+
+#[test]
+fn one_launcher_schedules_several_databases_within_one_max_parallel_jobs() {
+    let cluster = private_cluster();
+    let url = lit(&api().url("/concurrent/multidb?ms=1500"));
+    let mut admin = cluster.connect();
+    admin.batch_execute("CREATE DATABASE second").unwrap();
+    for database in ["postgres", "second"] {
+        let mut client = cluster.connect_to(database, "postgres");
+        if database == "second" {
+            client.batch_execute("CREATE EXTENSION pg_apisync").unwrap();
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE ticks (key text);
+                 SELECT apisync.create_job('ticks', 'ticks', {url}, path => '$.data', schedule => '2 seconds');"
+            ))
+            .unwrap();
+    }
+    admin
+        .batch_execute("ALTER SYSTEM SET apisync.database_name = 'postgres, second'")
+        .unwrap();
+    admin
+        .batch_execute("ALTER SYSTEM SET apisync.max_parallel_jobs = 1")
+        .unwrap();
+    cluster.restart();
+    // Both databases' jobs run by schedule...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for database in ["postgres", "second"] {
+        let mut client = cluster.connect_to(database, "postgres");
+        while one::<i64>(
+            &mut client,
+            "SELECT count(*) FROM apisync.job_runs WHERE trigger = 'schedule' AND status = 'succeeded'",
+        ) < 2
+        {
+            assert!(Instant::now() < deadline, "{database}: {}", cluster.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // ... but never two at once: max_parallel_jobs counts the runs of every database.
+    let most: i64 = one(
+        &mut cluster.connect(),
+        &format!(
+            "SELECT (r->>'max')::bigint FROM api_fetch({}) r",
+            lit(&api().url("/concurrent/multidb/max"))
+        ),
+    );
+    assert_eq!(most, 1);
+    assert_eq!(
+        one::<i64>(
+            &mut cluster.connect(),
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apisync scheduler'"
+        ),
+        2,
+        "one scheduler per database"
+    );
+}
