@@ -83,6 +83,14 @@ CREATE TABLE apisync.job_runs (
 CREATE INDEX ON apisync.job_runs (job_id, run_id);
 COMMENT ON TABLE apisync.job_runs IS 'One row per run, manual or scheduled, successful, failed or skipped.';
 
+-- When the scheduler starts each job next: written by the scheduler of the database (for the jobs
+-- it schedules), read by apisync.job_status. Not dumped: a restored database's scheduler reckons
+-- them again.
+CREATE TABLE apisync.job_schedule (
+    job_id bigint PRIMARY KEY REFERENCES apisync.jobs ON DELETE CASCADE,
+    next_run timestamptz
+);
+
 CREATE TABLE apisync.rejected_rows (
     run_id bigint NOT NULL,
     row_number bigint NOT NULL,
@@ -96,14 +104,18 @@ CREATE INDEX ON apisync.rejected_rows (run_id);
 ALTER TABLE apisync.jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apisync.job_runs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apisync.rejected_rows ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apisync.job_schedule ENABLE ROW LEVEL SECURITY;
 CREATE POLICY member_jobs ON apisync.jobs FOR SELECT
     USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 CREATE POLICY member_runs ON apisync.job_runs FOR SELECT
     USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 CREATE POLICY member_rejects ON apisync.rejected_rows FOR SELECT
     USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
-REVOKE ALL ON apisync.jobs, apisync.job_runs, apisync.rejected_rows FROM PUBLIC;
-GRANT SELECT ON apisync.jobs, apisync.job_runs, apisync.rejected_rows TO PUBLIC;
+-- A job's next run shows to whoever sees the job.
+CREATE POLICY member_schedule ON apisync.job_schedule FOR SELECT
+    USING (EXISTS (SELECT 1 FROM apisync.jobs j WHERE j.job_id OPERATOR(pg_catalog.=) job_schedule.job_id));
+REVOKE ALL ON apisync.jobs, apisync.job_runs, apisync.rejected_rows, apisync.job_schedule FROM PUBLIC;
+GRANT SELECT ON apisync.jobs, apisync.job_runs, apisync.rejected_rows, apisync.job_schedule TO PUBLIC;
 REVOKE ALL ON SEQUENCE apisync.jobs_job_id_seq, apisync.job_runs_run_id_seq FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('apisync.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('apisync.job_runs', '');

@@ -187,19 +187,21 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'drop_job_wrapper';
 
--- The morning status: per job its last run, the failures since a success, the next run.
-CREATE FUNCTION apisync."_next_run"(
-	"schedule" TEXT,
-	"after" timestamp with time zone
-) RETURNS timestamp with time zone
-STRICT STABLE PARALLEL SAFE
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'next_run_wrapper';
+-- The morning status: per job its last run, the failures since a success, and when the
+-- scheduler starts it next (which the scheduler records).
+CREATE TABLE apisync.job_schedule (
+    job_id bigint PRIMARY KEY REFERENCES apisync.jobs ON DELETE CASCADE,
+    next_run timestamptz
+);
+ALTER TABLE apisync.job_schedule ENABLE ROW LEVEL SECURITY;
+CREATE POLICY member_schedule ON apisync.job_schedule FOR SELECT
+    USING (EXISTS (SELECT 1 FROM apisync.jobs j WHERE j.job_id OPERATOR(pg_catalog.=) job_schedule.job_id));
+REVOKE ALL ON apisync.job_schedule FROM PUBLIC;
+GRANT SELECT ON apisync.job_schedule TO PUBLIC;
 
 CREATE VIEW apisync.job_status WITH (security_invoker = true) AS
     SELECT j.job_id, j.name, j.owner, j.target, j.write_method, j.schedule, j.enabled,
-           CASE WHEN j.enabled THEN apisync._next_run(j.schedule, pg_catalog.now()) END AS next_run,
+           n.next_run,
            l.run_id AS last_run_id, l.trigger AS last_trigger, l.status AS last_status,
            l.started_at AS last_started_at, l.finished_at AS last_finished_at,
            l.finished_at OPERATOR(pg_catalog.-) l.started_at AS last_duration,
@@ -218,7 +220,8 @@ CREATE VIEW apisync.job_status WITH (security_invoker = true) AS
     LEFT JOIN LATERAL (
         SELECT r.run_id, r.finished_at FROM apisync.job_runs r
         WHERE r.job_id OPERATOR(pg_catalog.=) j.job_id AND r.status OPERATOR(pg_catalog.=) 'succeeded'
-        ORDER BY r.run_id DESC LIMIT 1) s ON true;
+        ORDER BY r.run_id DESC LIMIT 1) s ON true
+    LEFT JOIN apisync.job_schedule n ON n.job_id OPERATOR(pg_catalog.=) j.job_id;
 GRANT SELECT ON apisync.job_status TO PUBLIC;
 
 -- The fetches in flight, from shared memory.

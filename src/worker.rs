@@ -292,8 +292,12 @@ impl Launcher {
                 self.history_trimmed = Some(Instant::now());
             }
             self.blocked = false;
-            for job in catalog::scheduled().unwrap_or_default() {
-                self.consider(now, &job);
+            let scheduled = catalog::scheduled().unwrap_or_default();
+            let ids: Vec<i64> = scheduled.iter().map(|job| job.job_id).collect();
+            self.jobs.retain(|id, _| ids.contains(id));
+            catalog::keep_next_runs_of(&ids);
+            for job in &scheduled {
+                self.consider(now, job);
             }
             if !self.blocked {
                 crate::shmem::stop_waiting_for_runs();
@@ -314,6 +318,7 @@ impl Launcher {
             match Schedule::parse(text) {
                 Ok(schedule) => {
                     let next = schedule.next_after(now, zone);
+                    catalog::set_next_run(job_id, next);
                     self.jobs.insert(
                         job_id,
                         ScheduledJob {
@@ -348,6 +353,7 @@ impl Launcher {
         }
         // This occurrence is taken, run or not.
         scheduled.next = scheduled.schedule.next_after(now, scheduled.zone);
+        catalog::set_next_run(job_id, scheduled.next);
         if let Err(e) = check_owner(job) {
             crate::shmem::set_scheduled_runs(self.workers.len());
             self.warn_once(job_id, format!("{}: not run", e.message));

@@ -190,6 +190,32 @@ pub fn touched_by_this_transaction(query: &str, args: &[pgrx::datum::DatumWithOi
         .any(|id| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(id.into()) })
 }
 
+/// Records when the scheduler starts `job_id` next (`None`: never), for `apisync.job_status`.
+pub fn set_next_run(job_id: i64, next: Option<chrono::DateTime<chrono::Utc>>) {
+    as_catalog_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO apisync.job_schedule (job_id, next_run)
+             SELECT $1, $2::pg_catalog.text::pg_catalog.timestamptz
+             WHERE EXISTS (SELECT 1 FROM apisync.jobs WHERE job_id OPERATOR(pg_catalog.=) $1)
+             ON CONFLICT (job_id) DO UPDATE SET next_run = EXCLUDED.next_run
+             WHERE apisync.job_schedule.next_run IS DISTINCT FROM EXCLUDED.next_run",
+            &[job_id.into(), next.map(|n| n.to_rfc3339()).into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("could not record the next run of job {job_id}: {e}"));
+}
+
+/// Forgets the next runs of jobs this scheduler no longer schedules.
+pub fn keep_next_runs_of(job_ids: &[i64]) {
+    as_catalog_owner(|| {
+        Spi::run_with_args(
+            "DELETE FROM apisync.job_schedule WHERE job_id OPERATOR(pg_catalog.<>) ALL ($1)",
+            &[job_ids.to_vec().into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("could not update apisync.job_schedule: {e}"));
+}
+
 /// A new run id.
 pub fn next_run_id() -> Result<i64> {
     fresh_id("apisync.job_runs_run_id_seq", "apisync.job_runs", "run_id")

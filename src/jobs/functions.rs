@@ -434,27 +434,6 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'run_job_wrapper';
         TableIterator::new(lines)
     }
 
-    /// When `schedule` fires next after `after` (NULL when never), as the scheduler reckons it:
-    /// `apisync.job_status` shows it.
-    #[pg_extern(stable, parallel_safe, name = "_next_run")]
-    #[search_path(pg_catalog, pg_temp)]
-    fn next_run(
-        schedule: &str,
-        after: pgrx::datum::TimestampWithTimeZone,
-    ) -> Option<pgrx::datum::TimestampWithTimeZone> {
-        // PostgreSQL counts microseconds from 2000-01-01, Unix from 1970-01-01.
-        const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
-        let after = chrono::DateTime::from_timestamp_micros(
-            pg_sys::TimestampTz::from(after) + POSTGRES_EPOCH_MICROS,
-        )?;
-        let next = crate::jobs::Schedule::parse(schedule)
-            .ok()?
-            .next_after(after, crate::settings::timezone())?;
-        (next.timestamp_micros() - POSTGRES_EPOCH_MICROS)
-            .try_into()
-            .ok()
-    }
-
     /// The rows of the run this process is running: only a run's own statements read them;
     /// anywhere else it is an error. Executable by PUBLIC because those statements run with the
     /// job owner's rights.
@@ -491,13 +470,14 @@ GRANT SELECT ON apisync.job_progress TO PUBLIC;
     requires = ["bootstrap", run_progress]
 );
 
-// The morning status: per job its schedule, the next time it fires, its last run (skipped runs
-// aside) and how many runs failed since the last success; each role sees its own jobs.
+// The morning status: per job its schedule, when the scheduler starts it next, its last run
+// (skipped runs aside) and how many runs failed since the last success; each role sees its own
+// jobs.
 pgrx::extension_sql!(
     r#"
 CREATE VIEW apisync.job_status WITH (security_invoker = true) AS
     SELECT j.job_id, j.name, j.owner, j.target, j.write_method, j.schedule, j.enabled,
-           CASE WHEN j.enabled THEN apisync._next_run(j.schedule, pg_catalog.now()) END AS next_run,
+           n.next_run,
            l.run_id AS last_run_id, l.trigger AS last_trigger, l.status AS last_status,
            l.started_at AS last_started_at, l.finished_at AS last_finished_at,
            l.finished_at OPERATOR(pg_catalog.-) l.started_at AS last_duration,
@@ -516,11 +496,12 @@ CREATE VIEW apisync.job_status WITH (security_invoker = true) AS
     LEFT JOIN LATERAL (
         SELECT r.run_id, r.finished_at FROM apisync.job_runs r
         WHERE r.job_id OPERATOR(pg_catalog.=) j.job_id AND r.status OPERATOR(pg_catalog.=) 'succeeded'
-        ORDER BY r.run_id DESC LIMIT 1) s ON true;
+        ORDER BY r.run_id DESC LIMIT 1) s ON true
+    LEFT JOIN apisync.job_schedule n ON n.job_id OPERATOR(pg_catalog.=) j.job_id;
 GRANT SELECT ON apisync.job_status TO PUBLIC;
 "#,
     name = "job_status",
-    requires = ["bootstrap", next_run]
+    requires = ["bootstrap"]
 );
 
 pgrx::extension_sql!(
