@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 const POLL: Duration = Duration::from_millis(50);
 
 thread_local! {
-    /// When the run of this process must stop (`apisync.max_run_time`), and the setting's text.
+    /// When the run of this process must stop, and `apisync.max_run_time` in ms (for the error).
     static DEADLINE: Cell<Option<(Instant, u32)>> = const { Cell::new(None) };
 }
 
