@@ -354,7 +354,10 @@ fn kill_switch_run_log_line_max_run_time_and_standby() {
     admin
         .batch_execute(&format!(
             "CREATE TABLE users (id bigint, name text, email text, active boolean);
-             SELECT apisync.create_job('users', 'users', {url}, path => '$.data');"
+             SELECT apisync.create_job('users', 'users', {url}, path => '$.data');
+             CREATE ROLE switched LOGIN;
+             GRANT EXECUTE ON FUNCTION {API_FETCH} TO switched;
+             GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO switched;"
         ))
         .unwrap();
     admin
@@ -366,6 +369,7 @@ fn kill_switch_run_log_line_max_run_time_and_standby() {
         "SELECT current_setting('apisync.enabled') = 'off'",
     );
     let mut admin = cluster.connect();
+    let mut switched = cluster.connect_as("switched");
     for sql in [
         format!("SELECT count(*) FROM api_fetch({url})"),
         format!("SELECT status FROM api_request({url})"),
@@ -375,6 +379,19 @@ fn kill_switch_run_log_line_max_run_time_and_standby() {
         assert_eq!(code, "55000", "{sql}: {message}");
         assert!(message.contains("apisync.enabled = off"), "{message}");
     }
+    // A role without superuser rights is refused as well, before any request.
+    for sql in [
+        format!("SELECT count(*) FROM api_fetch({url})"),
+        format!("SELECT status FROM api_request({url})"),
+    ] {
+        let (code, message, _) = sql_error(switched.batch_execute(&sql));
+        assert_eq!(code, "55000", "{sql}: {message}");
+    }
+    assert_eq!(
+        api().requests_to("/t-killswitch/api/users"),
+        0,
+        "no request was sent"
+    );
     assert_eq!(
         one::<i64>(&mut admin, "SELECT count(*) FROM apisync.job_runs"),
         0,
