@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing pg_apisync needs on Debian, skipping what is already there:
-# PostgreSQL 15 (server, headers, pg_cron), clang for bindgen, sudo, cargo-pgrx 0.18.1, pgrx init.
+# PostgreSQL 15 (server, headers, pg_cron), clang for bindgen, sudo, cargo-pgrx 0.18.1, pgrx init;
+# and any Debian packages named as arguments (scripts/citus.sh names what building Citus needs).
 set -euo pipefail
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev clang sudo curl)
+PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev clang sudo curl "$@")
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -7,7 +7,9 @@
 #      shared_preload_libraries = 'pg_apisync,pg_cron', against the devapi server on loopback
 #   4. the golden tier: pg_regress over tests/pg_regress (the SQL surface, privileges, every
 #      documented error with its SQLSTATE), in a throwaway cluster of its own
-#   5. the package tier: the Debian package (scripts/package.sh) installed with dpkg into a fresh
+#   5. the Citus tier: a coordinator and two workers on loopback (Citus built once from the
+#      vendored tarball by scripts/citus.sh, cached outside the checkout)
+#   6. the package tier: the Debian package (scripts/package.sh) installed with dpkg into a fresh
 #      cluster, one fetch; last, as it replaces the installed build (and removes itself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,10 +43,19 @@ echo "== integration tests"
 install_flags=()
 [ "$(id -u)" -eq 0 ] || install_flags=(--sudo)
 cargo pgrx install --pg-config "$PG_CONFIG" "${install_flags[@]}"
-cargo test -p apisync-tests 2>&1 | tee -a "$LOG"
+cargo test -p apisync-tests --test integration 2>&1 | tee -a "$LOG"
 
 echo "== golden SQL output (pg_regress)"
 scripts/regress.sh 2>&1 | tee -a "$LOG"
+
+echo "== Citus"
+citus_tarball=${CITUS_TARBALL:-$(cd .. && pwd)/shared/vendor/citus-13.2.2.tar.gz}
+if [ -f "$citus_tarball" ]; then
+    CITUS_TARBALL=$citus_tarball scripts/citus.sh
+    cargo test -p apisync-tests --test citus 2>&1 | tee -a "$LOG"
+else
+    echo "!! Citus tier NOT RUN: no tarball at $citus_tarball (set CITUS_TARBALL)"
+fi
 
 echo "== the Debian package"
 scripts/package_test.sh 2>&1 | tee -a "$LOG"

@@ -7,6 +7,7 @@
 
 pub use apisync_core::{error, extract, fetch, policy, spec, suggest};
 
+pub mod citus;
 pub mod interrupt;
 pub mod jobs;
 pub mod legacy;

@@ -126,6 +126,7 @@ pub fn start(
     run: Option<RunTally>,
 ) -> Fetch {
     settings::require_enabled().or_raise();
+    crate::citus::require_coordinator("a request").or_raise();
     if let Requester::Role(owner) = requester {
         crate::roles::require_network_privilege(owner).or_raise();
     }

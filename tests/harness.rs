@@ -82,6 +82,11 @@ pub fn connect_collecting() -> (Client, Arc<Mutex<Vec<String>>>) {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("pg_apisync,pg_cron")
+    }
+
+    /// A new cluster whose shared_preload_libraries is `preload`.
+    pub fn start_with(preload: &str) -> Cluster {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("apisync-it-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -98,7 +103,7 @@ impl Cluster {
             "port = {port}\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
-             shared_preload_libraries = 'pg_apisync,pg_cron'\n\
+             shared_preload_libraries = '{preload}'\n\
              cron.database_name = 'postgres'\n\
              cron.host = '{}'\n\
              fsync = off\n\
@@ -337,4 +342,58 @@ pub fn sql_error(
 /// SQL text literal.
 pub fn lit(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A Citus cluster on loopback: a coordinator and two workers, each with
+/// `shared_preload_libraries = 'citus,pg_apisync'`, the workers registered, pg_apisync created on
+/// the coordinator (Citus propagates it to the workers). Needs Citus installed
+/// (`scripts/citus.sh`).
+pub struct Citus {
+    pub coordinator: Cluster,
+    pub workers: Vec<Cluster>,
+}
+
+static CITUS: OnceLock<Citus> = OnceLock::new();
+
+pub fn citus() -> &'static Citus {
+    CITUS.get_or_init(|| {
+        let nodes: Vec<Cluster> = (0..3)
+            .map(|_| Cluster::start_with("citus,pg_apisync"))
+            .collect();
+        for node in &nodes {
+            node.connect()
+                .batch_execute("CREATE EXTENSION citus")
+                .expect("CREATE EXTENSION citus (is Citus installed? scripts/citus.sh)");
+        }
+        let mut nodes = nodes.into_iter();
+        let coordinator = nodes.next().unwrap();
+        let workers: Vec<Cluster> = nodes.collect();
+        let mut client = coordinator.connect();
+        client
+            .execute(
+                "SELECT citus_set_coordinator_host('127.0.0.1', $1)",
+                &[&i32::from(coordinator.port)],
+            )
+            .expect("citus_set_coordinator_host");
+        for worker in &workers {
+            client
+                .execute(
+                    "SELECT citus_add_node('127.0.0.1', $1)",
+                    &[&i32::from(worker.port)],
+                )
+                .expect("citus_add_node");
+        }
+        client
+            .batch_execute(
+                "CREATE EXTENSION pg_apisync;
+                 CREATE ROLE api_user LOGIN;
+                 GRANT EXECUTE ON FUNCTION api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb) TO api_user;
+                 GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO api_user;",
+            )
+            .expect("pg_apisync on the coordinator");
+        Citus {
+            coordinator,
+            workers,
+        }
+    })
 }

@@ -45,8 +45,12 @@ pub fn append(target: Oid, fetch: &mut Fetch, into: Into<'_>) -> Option<i64> {
 }
 
 /// Whether `target` is a table COPY's bulk path writes as INSERT would: nothing that acts on
-/// inserted rows besides constraints and immediate indexes.
+/// inserted rows besides constraints and immediate indexes, and no Citus table (whose rows live
+/// in shards).
 fn plain_table(target: Oid) -> bool {
+    if crate::citus::manages(target) {
+        return false;
+    }
     Spi::get_one_with_args::<bool>(
         "SELECT c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition AND NOT c.relhasrules
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a

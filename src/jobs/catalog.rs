@@ -176,9 +176,16 @@ pub fn delete(job_id: i64) -> Result<()> {
 /// as text): a worker, which runs in a transaction of its own, would not see the change, or
 /// would wait for it.
 pub fn touched_by_this_transaction(query: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
-    let Ok((xmin, xmax)) =
-        as_catalog_owner(|| Spi::get_two_with_args::<String, String>(query, args))
-    else {
+    // A read-only query: asking must not give this transaction an id of its own.
+    let read = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            client
+                .select(query, Some(1), args)?
+                .first()
+                .get_two::<String, String>()
+        })
+    });
+    let Ok((xmin, xmax)) = read else {
         return false;
     };
     [xmin, xmax]

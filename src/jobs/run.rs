@@ -83,10 +83,11 @@ impl RunRequest {
     }
 }
 
-/// Whether any job may run on this server now: the kill switch is on, and the server is no
-/// standby (a run writes its target and the catalog).
+/// Whether any job may run here now: the kill switch is on, the database is no Citus worker
+/// node, and the server is no standby (a run writes its target and the catalog).
 pub fn may_run_here() -> Result<()> {
     settings::require_enabled()?;
+    crate::citus::require_coordinator("a job run")?;
     // SAFETY: reads shared state on the backend thread.
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Err(Error::new(

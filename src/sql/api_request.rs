@@ -25,6 +25,7 @@ fn api_request(
 ) -> pgrx::composite_type!('static, "api_response") {
     let args = request_args(url, method, body, headers, options);
     let spec = settings::require_enabled()
+        .and_then(|()| crate::citus::require_coordinator("a request"))
         .and_then(|()| settings::limits())
         .and_then(|limits| parse_request(args, &limits))
         .or_raise();
