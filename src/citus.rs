@@ -28,12 +28,32 @@ fn installed() -> bool {
     .unwrap_or(false)
 }
 
-/// One boolean by a read-only query: no transaction id is taken, so it works on a standby and
+/// One value by a read-only query: no transaction id is taken, so it works on a standby and
 /// costs an `api_fetch` nothing.
-fn read_bool(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<bool> {
-    Spi::connect(|client| client.select(sql, Some(1), args)?.first().get_one::<bool>())
+fn read<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Option<T> {
+    Spi::connect(|client| client.select(sql, Some(1), args)?.first().get_one::<T>())
         .ok()
         .flatten()
+}
+
+fn read_bool(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<bool> {
+    read::<bool>(sql, args)
+}
+
+/// The distribution column of a hash-distributed table (`None` for any other table): upsert and
+/// mirror keys must include it, as every unique index of the table does.
+pub fn distribution_column(relation: pg_sys::Oid) -> Option<String> {
+    if !installed() {
+        return None;
+    }
+    read::<String>(
+        "SELECT pg_catalog.column_to_column_name(logicalrelid, partkey) FROM pg_catalog.pg_dist_partition
+         WHERE logicalrelid OPERATOR(pg_catalog.=) $1 AND partmethod OPERATOR(pg_catalog.=) 'h'",
+        &[relation.into()],
+    )
 }
 
 /// `what` (a request, a run) happens on the coordinator only.

@@ -564,7 +564,8 @@ fn write(checked: &Checked, fetch: &Rc<RefCell<Fetch>>) -> Written {
     written.inserted = inserted;
     written.updated = updated;
     if write_method == WriteMethod::Mirror {
-        written.deleted = processed(&sql.delete_unseen(), false);
+        let citus = crate::citus::manages(checked.target.oid);
+        written.deleted = processed(&sql.delete_unseen(citus), false);
     }
     written
 }

@@ -149,6 +149,24 @@ impl Target {
                 .with_hint("give key_columns, with a unique index on them")
             })?,
         };
+        // Citus cannot keep a key unique without the distribution column (nor create the index
+        // the error below would ask for): say so first.
+        if let Some(column) = crate::citus::distribution_column(self.oid) {
+            if !keys.contains(&column) {
+                return Err(Error::new(
+                    SqlState::from_code("0A000"),
+                    format!(
+                        "{} into a Citus distributed table needs key columns that include its distribution column {}",
+                        write.name(),
+                        quote(&column)
+                    ),
+                )
+                .with_hint(format!(
+                    "give key_columns that include {}, or write with append or replace",
+                    quote(&column)
+                )));
+            }
+        }
         let unique = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (
                  SELECT 1 FROM pg_catalog.pg_index i

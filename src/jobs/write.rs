@@ -151,7 +151,23 @@ impl WriteSql {
     }
 
     /// `mirror`: the target rows whose key the run did not see go.
-    pub fn delete_unseen(&self) -> String {
+    pub fn delete_unseen(&self, citus: bool) -> String {
+        if citus {
+            // Citus plans no correlated subquery against a local (temporary) table in a DELETE
+            // of a distributed one; NOT IN it does plan. Keys include the distribution column,
+            // never NULL there; a row whose other key column is NULL is kept (NOT IN cannot say).
+            let keys = |alias: &str| {
+                let listed: Vec<String> =
+                    self.keys.iter().map(|k| format!("{alias}.{k}")).collect();
+                format!("({})", listed.join(", "))
+            };
+            return format!(
+                "DELETE FROM {} t WHERE {} NOT IN (SELECT {} FROM {STAGE} s)",
+                self.target,
+                keys("t"),
+                keys("s").trim_start_matches('(').trim_end_matches(')')
+            );
+        }
         let matches: Vec<String> = self.keys.iter().map(|k| format!("s.{k} = t.{k}")).collect();
         format!(
             "DELETE FROM {} t WHERE NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {})",
@@ -217,8 +233,16 @@ mod tests {
     #[test]
     fn mirror_deletes_by_every_key_column() {
         assert_eq!(
-            squeeze(sql().delete_unseen()),
+            squeeze(sql().delete_unseen(false)),
             "DELETE FROM public.\"Users\" t WHERE NOT EXISTS (SELECT 1 FROM pg_temp.apisync_stage s WHERE s.id = t.id AND s.\"order\" = t.\"order\")"
+        );
+    }
+
+    #[test]
+    fn mirror_into_a_citus_table_deletes_by_not_in() {
+        assert_eq!(
+            squeeze(sql().delete_unseen(true)),
+            "DELETE FROM public.\"Users\" t WHERE (t.id, t.\"order\") NOT IN (SELECT s.id, s.\"order\" FROM pg_temp.apisync_stage s)"
         );
     }
 

@@ -169,3 +169,44 @@ fn a_worker_node_makes_no_request_and_runs_no_job() {
     assert_eq!(code, "0A000", "{message}");
     assert!(message.contains("Citus coordinator only"), "{message}");
 }
+
+#[test]
+fn mirror_into_a_distributed_table_and_keys_without_the_distribution_column() {
+    let mut admin = coordinator();
+    let url = lit(&api().url(USERS));
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE mirrored (id bigint PRIMARY KEY, name text, city text, active boolean);
+             SELECT create_distributed_table('mirrored', 'id');
+             INSERT INTO mirrored VALUES (1000, 'gone', NULL, NULL), (1, 'stale', NULL, NULL);
+             SELECT apisync.create_job('mirror_job', 'mirrored', {url}, path => '$.data', write_method => 'mirror');"
+        ))
+        .unwrap();
+    assert_eq!(
+        one::<String>(
+            &mut admin,
+            "SELECT status || ' ' || rows_inserted || ' ' || rows_updated || ' ' || rows_deleted FROM apisync.run_job('mirror_job')"
+        ),
+        "succeeded 56 1 1"
+    );
+    assert_eq!(
+        one::<String>(&mut admin, "SELECT count(*) || ' ' || max(id) || ' ' || count(*) FILTER (WHERE name = 'stale') FROM mirrored"),
+        "57 57 0"
+    );
+    // Keys that leave out the distribution column: refused, naming it, with a hint one can
+    // follow (Citus forbids the unique index the general error would ask for).
+    admin
+        .batch_execute(
+            "CREATE TABLE by_email (id bigint, email text, name text);
+             SELECT create_distributed_table('by_email', 'id');",
+        )
+        .unwrap();
+    let (code, message, _) = sql_error(admin.batch_execute(&format!(
+        "SELECT apisync.create_job('by_email', 'by_email', {url}, path => '$.data', write_method => 'upsert', key_columns => '{{email}}')"
+    )));
+    assert_eq!(code, "0A000", "{message}");
+    assert!(
+        message.contains("include its distribution column id"),
+        "{message}"
+    );
+}
