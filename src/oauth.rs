@@ -62,7 +62,7 @@ pub fn access_token(
     if tokens == Tokens::CheckOnly {
         return Some("unexchanged".into());
     }
-    crate::settings::require_enabled().or_raise();
+    crate::route::may_request().or_raise();
     // SAFETY: reads a session global on the backend thread.
     let key = (unsafe { pg_sys::MyDatabaseId }, role, grant);
     if let Some(token) = cached(&key) {

@@ -31,6 +31,35 @@ pub struct FetchStats {
     pub rows: u64,
 }
 
+impl FetchStats {
+    /// What one page (or part of a page) adds.
+    pub fn of(page: &Page) -> FetchStats {
+        FetchStats {
+            requests: u64::from(page.requests),
+            skipped: u64::from(page.skipped.is_some()),
+            pages: u64::from(!page.continues),
+            bytes: page.bytes as u64,
+            rows: page.rows.len() as u64,
+        }
+    }
+
+    fn add(&mut self, step: &FetchStats) {
+        self.requests += step.requests;
+        self.skipped += step.skipped;
+        self.pages += step.pages;
+        self.bytes += step.bytes;
+        self.rows += step.rows;
+    }
+}
+
+/// Whether this backend may make requests now: the kill switch is on, and the database is no
+/// Citus worker node. Asked first by every way a request starts (the fetch route, api_request,
+/// an OAuth2 token exchange).
+pub fn may_request() -> crate::error::Result<()> {
+    settings::require_enabled()?;
+    crate::citus::require_coordinator("a request")
+}
+
 /// The spec of a fetch under the session's settings; raises what is wrong with it.
 pub fn fetch_spec(
     args: RequestArgs<'_>,
@@ -70,11 +99,7 @@ pub struct RunTally {
 impl RunTally {
     fn count_page(&mut self, page: &Page) {
         let stats = &mut self.stats;
-        stats.pages += u64::from(!page.continues);
-        stats.skipped += u64::from(page.skipped.is_some());
-        stats.requests += u64::from(page.requests);
-        stats.bytes += page.bytes as u64;
-        stats.rows += page.rows.len() as u64;
+        stats.add(&FetchStats::of(page));
         let progress = format!(
             "apisync run {}: {} pages, {} rows, {} bytes so far",
             self.run_id, stats.pages, stats.rows, stats.bytes
@@ -125,8 +150,7 @@ pub fn start(
     requester: Requester,
     run: Option<RunTally>,
 ) -> Fetch {
-    settings::require_enabled().or_raise();
-    crate::citus::require_coordinator("a request").or_raise();
+    may_request().or_raise();
     if let Requester::Role(owner) = requester {
         crate::roles::require_network_privilege(owner).or_raise();
     }
@@ -417,7 +441,7 @@ impl Fetch {
         match next_page(self.runtime, stream, self.run.as_mut(), self.warn_cut) {
             Some(page) => {
                 if let Some(progress) = &self.progress {
-                    progress.page(&page);
+                    progress.count(&FetchStats::of(&page), page.params.as_ref());
                 }
                 // A step ends with a page, not inside one whose body is still arriving.
                 if let Some(pages) = self.step_pages.as_mut().filter(|_| !page.continues) {

@@ -159,7 +159,7 @@ fn my_slot() -> Option<&'static Slot> {
     // SAFETY: reads a process global.
     let id = unsafe { pg_sys::MyBackendId };
     let slot = slots().get(usize::try_from(id).ok()?.checked_sub(1)?)?;
-    register_exit(slot);
+    register_exit();
     Some(slot)
 }
 
@@ -170,7 +170,7 @@ thread_local! {
 
 /// A process that leaves (FATAL, termination) gives back what its slot holds: its runtime's
 /// threads may never get to drop their places.
-fn register_exit(_slot: &'static Slot) {
+fn register_exit() {
     if EXIT_REGISTERED.with(|r| r.replace(true)) {
         return;
     }
@@ -283,30 +283,26 @@ impl Progress {
         }
     }
 
-    /// A page (or a part of one) came: the wait went to the network.
-    pub fn page(&self, page: &crate::fetch::Page) {
+    /// A step of the fetch came (a page or part of one, or api_request's response): the wait
+    /// went to the network; the tries beyond a request's first are retries; with fan-out, the
+    /// sets before the step's are done (rows come out set by set).
+    pub fn count(&self, step: &crate::route::FetchStats, set: Option<&crate::spec::ParamSet>) {
         if !self.mine() {
             return;
         }
         let slot = self.slot;
         slot.network_us.fetch_add(self.lap(), Ordering::Relaxed);
         slot.state.store(State::Rows as u32, Ordering::Relaxed);
-        slot.pages
-            .fetch_add(u64::from(!page.continues), Ordering::Relaxed);
-        slot.rows
-            .fetch_add(page.rows.len() as u64, Ordering::Relaxed);
-        slot.bytes.fetch_add(page.bytes as u64, Ordering::Relaxed);
-        slot.requests
-            .fetch_add(u64::from(page.requests), Ordering::Relaxed);
-        slot.retries.fetch_add(
-            u64::from(page.requests.saturating_sub(1)),
-            Ordering::Relaxed,
-        );
-        if let Some(set) = &page.params {
+        slot.pages.fetch_add(step.pages, Ordering::Relaxed);
+        slot.rows.fetch_add(step.rows, Ordering::Relaxed);
+        slot.bytes.fetch_add(step.bytes, Ordering::Relaxed);
+        slot.requests.fetch_add(step.requests, Ordering::Relaxed);
+        slot.retries
+            .fetch_add(step.requests.saturating_sub(1), Ordering::Relaxed);
+        if let Some(set) = set {
             let id = Arc::as_ptr(set) as usize;
             if self.last_set.replace(id) != id {
                 self.sets_seen.set(self.sets_seen.get() + 1);
-                // The sets before this one are done: rows come out set by set.
                 slot.sets_done
                     .store(self.sets_seen.get() - 1, Ordering::Relaxed);
             }
@@ -322,21 +318,6 @@ impl Progress {
             self.slot.state.store(State::Rows as u32, Ordering::Relaxed);
             let total = self.slot.sets_total.load(Ordering::Relaxed);
             self.slot.sets_done.store(total, Ordering::Relaxed);
-        }
-    }
-
-    /// One response of `bytes` after `requests` tries (api_request).
-    pub fn response(&self, bytes: usize, requests: u32) {
-        if self.mine() {
-            let slot = self.slot;
-            slot.network_us.fetch_add(self.lap(), Ordering::Relaxed);
-            slot.state.store(State::Rows as u32, Ordering::Relaxed);
-            slot.pages.fetch_add(1, Ordering::Relaxed);
-            slot.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-            slot.requests
-                .fetch_add(u64::from(requests), Ordering::Relaxed);
-            slot.retries
-                .fetch_add(u64::from(requests.saturating_sub(1)), Ordering::Relaxed);
         }
     }
 }

@@ -24,8 +24,7 @@ fn api_request(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pgrx::composite_type!('static, "api_response") {
     let args = request_args(url, method, body, headers, options);
-    let spec = settings::require_enabled()
-        .and_then(|()| crate::citus::require_coordinator("a request"))
+    let spec = crate::route::may_request()
         .and_then(|()| settings::limits())
         .and_then(|limits| parse_request(args, &limits))
         .or_raise();
@@ -43,7 +42,13 @@ fn api_request(
         .and_then(|sent| sent)
         .or_raise();
     if let Some(progress) = &progress {
-        progress.response(response.body.len(), response.attempts);
+        let step = crate::route::FetchStats {
+            requests: u64::from(response.attempts),
+            pages: 1,
+            bytes: response.body.len() as u64,
+            ..Default::default()
+        };
+        progress.count(&step, None);
     }
 
     let body_json = serde_json::from_slice::<Value>(&response.body)
