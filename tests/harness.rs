@@ -155,16 +155,22 @@ impl Cluster {
         }
         cleanup.push(dir.clone());
         drop(cleanup);
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl(&["-w", "-t", "60", "start"]);
+        cluster
+    }
+
+    /// `pg_ctl` on this cluster, its log in server.log; the last argument is the action.
+    fn pg_ctl(&self, args: &[&str]) {
         run_as_postgres(
             Command::new(bindir().join("pg_ctl"))
                 .args(["-D"])
-                .arg(&dir)
+                .arg(&self.dir)
                 .args(["-l"])
-                .arg(dir.join("server.log"))
-                .args(["-w", "-t", "60", "start"]),
-            "pg_ctl start",
+                .arg(self.dir.join("server.log"))
+                .args(args),
+            &format!("pg_ctl {}", args.last().unwrap_or(&"")),
         );
-        Cluster { dir, port }
     }
 
     pub fn connect(&self) -> Client {
@@ -173,15 +179,17 @@ impl Cluster {
 
     /// `pg_ctl restart -m fast`: every session and worker ends, the launcher starts again.
     pub fn restart(&self) {
-        run_as_postgres(
-            Command::new(bindir().join("pg_ctl"))
-                .args(["-D"])
-                .arg(&self.dir)
-                .args(["-l"])
-                .arg(self.dir.join("server.log"))
-                .args(["-m", "fast", "-w", "-t", "60", "restart"]),
-            "pg_ctl restart",
-        );
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "restart"]);
+    }
+
+    /// `pg_ctl stop -m immediate`: the node is gone at once, as when its machine fails.
+    pub fn kill(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Starts a stopped cluster again.
+    pub fn start_again(&self) {
+        self.pg_ctl(&["-w", "-t", "60", "start"]);
     }
 
     pub fn connect_as(&self, role: &str) -> Client {
@@ -355,8 +363,14 @@ pub struct Citus {
 
 static CITUS: OnceLock<Citus> = OnceLock::new();
 
+/// The shared Citus cluster of this test binary.
 pub fn citus() -> &'static Citus {
-    CITUS.get_or_init(|| {
+    CITUS.get_or_init(Citus::start)
+}
+
+impl Citus {
+    /// A new Citus cluster, for a test whose faults (a node stopped) would disturb the others.
+    pub fn start() -> Citus {
         let nodes: Vec<Cluster> = (0..3)
             .map(|_| Cluster::start_with("citus,pg_apisync"))
             .collect();
@@ -395,5 +409,5 @@ pub fn citus() -> &'static Citus {
             coordinator,
             workers,
         }
-    })
+    }
 }

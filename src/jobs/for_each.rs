@@ -8,6 +8,7 @@ use pgrx::pg_sys;
 use serde_json::Value;
 
 use crate::error::{Error, Result, SqlState};
+use crate::roles::quote;
 use crate::spec::ParamSets;
 
 /// The query must be exactly one plain SELECT (no `INTO`): checked on its own parse tree, before
@@ -56,24 +57,58 @@ fn read_only_text(sql: &str) -> Result<Option<String>> {
     })
 }
 
-/// The names of the query's columns (it runs on no rows): the keys of its parameter sets.
+/// The names of the query's columns (it runs on no rows): the keys of its parameter sets, each
+/// once.
 pub fn columns(query: &str) -> Result<Vec<String>> {
     check_select(query)?;
     let probe = format!("SELECT * FROM (\n{query}\n) q LIMIT 0");
-    pgrx::spi::Spi::connect(|client| {
+    let names = pgrx::spi::Spi::connect(|client| {
         let described = client.select(probe.as_str(), Some(0), &[])?;
         let count = described.columns()?;
         (1..=count)
             .map(|i| described.column_name(i))
             .collect::<std::result::Result<Vec<_>, _>>()
     })
-    .map_err(|e| Error::invalid(format!("options.for_each: {e}")))
+    .map_err(|e| Error::invalid(format!("options.for_each: {e}")))?;
+    if let Some((i, name)) = names
+        .iter()
+        .enumerate()
+        .find(|(i, name)| names[..*i].contains(name))
+    {
+        return Err(Error::invalid(format!(
+            "options.for_each returns two columns named \"{name}\" (column {}): a parameter set \
+             has one value per name; give the columns distinct names",
+            i + 1
+        )));
+    }
+    Ok(names)
+}
+
+/// The query's row `q` as a jsonb object, column by column. Not `to_jsonb(q)`: Citus hands a
+/// whole-row reference over a distributed table back with its columns renamed f1, f2, … when it
+/// pushes the query down to its workers. jsonb_build_object takes at most 50 pairs, so wide rows
+/// are joined from several.
+fn object_of(names: &[String]) -> String {
+    if names.is_empty() {
+        return "'{}'::pg_catalog.jsonb".into();
+    }
+    names
+        .chunks(50)
+        .map(|chunk| {
+            let pairs: Vec<String> = chunk
+                .iter()
+                .map(|name| format!("{}::text, q.{}", literal(name), quote(name)))
+                .collect();
+            format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" OPERATOR(pg_catalog.||) ")
 }
 
 /// The parameter sets of a run: the query's rows as JSON objects, each with `extra` (the
 /// incremental cursor) joined.
 pub fn sets(query: &str, extra: Option<(&str, &Value)>) -> Result<ParamSets> {
-    check_select(query)?;
+    let object = object_of(&columns(query)?);
     let join = match extra {
         Some((name, value)) => format!(
             " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object({}::text, {}::jsonb)",
@@ -83,7 +118,7 @@ pub fn sets(query: &str, extra: Option<(&str, &Value)>) -> Result<ParamSets> {
         None => String::new(),
     };
     let sql = format!(
-        "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(q){join}), '[]'::pg_catalog.jsonb)::pg_catalog.text
+        "SELECT COALESCE(pg_catalog.jsonb_agg({object}{join}), '[]'::pg_catalog.jsonb)::pg_catalog.text
          FROM (\n{query}\n) q"
     );
     let text = read_only_text(&sql)?.unwrap_or_else(|| "[]".into());

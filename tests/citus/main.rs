@@ -2,7 +2,9 @@
 //! against devapi: what a user of a distributed database sees. Needs Citus installed
 //! (`scripts/citus.sh`); `scripts/test.sh` runs this as a tier of its own.
 
-use harness::{api, citus, lit, sql_error, Client};
+use std::time::{Duration, Instant};
+
+use harness::{api, citus, lit, sql_error, Citus, Client};
 
 const USERS: &str = "/api/users?pageSize=100";
 
@@ -208,5 +210,141 @@ fn mirror_into_a_distributed_table_and_keys_without_the_distribution_column() {
     assert!(
         message.contains("include its distribution column id"),
         "{message}"
+    );
+}
+
+#[test]
+fn a_run_a_worker_drops_out_of_fails_whole_and_the_next_succeeds() {
+    // A cluster of its own: a worker goes down in the middle.
+    let citus = Citus::start();
+    let mut admin = citus.coordinator.connect();
+    admin
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, name text, score numeric, email text,
+                                  created_at timestamptz, active boolean, tags text[]);
+             SELECT create_distributed_table('events', 'id');
+             GRANT SELECT, INSERT ON events TO api_user;",
+        )
+        .unwrap();
+    // 20 pages of 100 rows, each answered after 200 ms: the run is still fetching when the
+    // worker stops.
+    let url = lit(&api().url("/rows?n=100&total=2000&ms=200"));
+    let mut user = citus.coordinator.connect_as("api_user");
+    user.batch_execute(&format!(
+        "SELECT apisync.create_job('events', 'events', {url}, path => '$.data',
+             paging => '{{\"type\": \"offset\", \"offset_param\": \"offset\", \"page_size\": 100, \"total_path\": \"$.total\"}}')"
+    ))
+    .unwrap();
+    let run = std::thread::spawn(move || {
+        sql_error(user.batch_execute("SELECT apisync.run_job('events')"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while one::<i64>(
+        &mut admin,
+        "SELECT coalesce(max(pages), 0) FROM apisync.fetch_progress WHERE run_id IS NOT NULL",
+    ) < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the run never got to its fourth page"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down = &citus.workers[1];
+    down.kill();
+    let (code, message, _) = run.join().unwrap();
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.starts_with("apisync job \"events\" (run 1) failed: connection to the remote node")
+            && message.contains(&format!("127.0.0.1:{}", down.port)),
+        "{message}"
+    );
+    down.start_again();
+    // Nothing of the failed run is anywhere: not on the coordinator's view, not on any shard.
+    let mut admin = citus.coordinator.connect();
+    assert_eq!(one::<i64>(&mut admin, "SELECT count(*) FROM events"), 0);
+    assert_eq!(
+        one::<i64>(
+            &mut admin,
+            "SELECT sum(result::bigint)::bigint FROM run_command_on_shards('events', 'SELECT count(*) FROM %s')"
+        ),
+        0
+    );
+    assert_eq!(
+        one::<String>(&mut admin, "SELECT status || ' ' || rows_inserted || ' ' || sqlstate FROM apisync.job_runs WHERE run_id = 1"),
+        "failed 0 08006"
+    );
+    // The next run, with the worker back, loads every row.
+    let mut user = citus.coordinator.connect_as("api_user");
+    assert_eq!(
+        one::<String>(
+            &mut user,
+            "SELECT status || ' ' || rows_inserted FROM apisync.run_job('events')"
+        ),
+        "succeeded 2000"
+    );
+    assert_eq!(
+        one::<String>(
+            &mut user,
+            "SELECT count(*) || ' ' || count(DISTINCT id) FROM events"
+        ),
+        "2000 2000"
+    );
+}
+
+#[test]
+fn fan_out_takes_its_parameter_sets_from_a_distributed_table() {
+    let mut admin = coordinator();
+    admin
+        .batch_execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY);
+             SELECT create_distributed_table('customers', 'id');
+             INSERT INTO customers SELECT generate_series(1, 60);
+             CREATE TABLE orders (order_id bigint PRIMARY KEY, user_id bigint, amount numeric);
+             SELECT create_distributed_table('orders', 'order_id');
+             CREATE TABLE job_orders (LIKE orders);
+             ALTER TABLE job_orders ADD PRIMARY KEY (order_id);
+             SELECT create_distributed_table('job_orders', 'order_id');
+             GRANT SELECT ON customers TO api_user;
+             GRANT SELECT, INSERT, UPDATE ON orders, job_orders TO api_user;",
+        )
+        .unwrap();
+    let url = lit(&api().url("/users/{id}/orders"));
+    let options =
+        r#"{"concurrency": 8, "on_status": {"404": "skip"}, "columns": {"user_id": "{id}"}}"#;
+    let summary = "SELECT count(*) || ' ' || count(DISTINCT user_id) || ' ' || sum(amount)";
+    // api_fetch's params from a query over the distributed table (Citus plans it as a subplan
+    // on the coordinator), as a role without superuser rights.
+    let mut user = citus().coordinator.connect_as("api_user");
+    user.batch_execute(&format!(
+        "INSERT INTO orders SELECT * FROM api_fetch({url}, path => '$.orders',
+             params => (SELECT jsonb_agg(jsonb_build_object('id', id) ORDER BY id) FROM customers),
+             options => {}, row_type => NULL::orders)",
+        lit(options)
+    ))
+    .unwrap();
+    assert_eq!(
+        one::<String>(&mut user, &format!("{summary} FROM orders")),
+        "57 38 1738.50"
+    );
+    // A job's for_each over the distributed table, upserting into another one.
+    let options = r#"{"for_each": "SELECT id FROM public.customers", "concurrency": 8,
+                      "on_status": {"404": "skip"}, "columns": {"user_id": "{id}"}}"#;
+    user.batch_execute(&format!(
+        "SELECT apisync.create_job('orders', 'job_orders', {url}, path => '$.orders',
+             write_method => 'upsert', options => {})",
+        lit(options)
+    ))
+    .unwrap();
+    assert_eq!(
+        one::<String>(
+            &mut user,
+            "SELECT status || ' ' || requests || ' ' || requests_skipped || ' ' || rows_inserted FROM apisync.run_job('orders')"
+        ),
+        "succeeded 60 3 57"
+    );
+    assert_eq!(
+        one::<String>(&mut user, &format!("{summary} FROM job_orders")),
+        "57 38 1738.50"
     );
 }

@@ -226,6 +226,11 @@ fn jobs_fan_out_over_their_for_each_rows() {
             "22023",
             "has no \"id\", which the request uses",
         ),
+        (
+            "SELECT id, name AS id FROM public.fe_users",
+            "22023",
+            "returns two columns named \"id\" (column 2)",
+        ),
         ("SELEKT id", "42601", "syntax error"),
         // The query runs with the pinned search_path, as everything a job runs.
         (
