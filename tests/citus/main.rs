@@ -348,3 +348,105 @@ fn fan_out_takes_its_parameter_sets_from_a_distributed_table() {
         "57 38 1738.50"
     );
 }
+
+/// Not a test: rows per second loaded into a local, a hash-distributed and a reference table of
+/// this tier's cluster, by COPY of the same rows (the baseline), `INSERT … SELECT FROM api_fetch`
+/// and an append job. One machine: the coordinator, both workers and devapi share its cores.
+/// `scripts/bench.sh` runs it (`ROWS`, `ROUNDS`); each load is checked for its exact row count.
+#[test]
+#[ignore = "a benchmark: scripts/bench.sh runs it"]
+fn rows_per_second_into_distributed_and_local_tables() {
+    let number = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (rows, rounds, page) = (number("ROWS", 200_000), number("ROUNDS", 3), 10_000);
+    let citus = citus();
+    let mut admin = citus.coordinator.connect();
+    let url = lit(&api().url(&format!("/rows?n={page}&total={rows}")));
+    let paging = lit(&format!(
+        r#"{{"type": "offset", "offset_param": "offset", "page_size": {page}, "total_path": "$.total"}}"#
+    ));
+    let csv = lit(&citus.coordinator.dir.join("rows.csv").display().to_string());
+    let tables = [
+        ("local", ""),
+        (
+            "distributed",
+            "SELECT create_distributed_table('bench_distributed', 'id');",
+        ),
+        (
+            "reference",
+            "SELECT create_reference_table('bench_reference');",
+        ),
+    ];
+    for (kind, distribute) in tables {
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE bench_{kind} (id bigint PRIMARY KEY, name text, score numeric, email text,
+                                            created_at timestamptz, active boolean, tags text[]);
+                 {distribute}
+                 SELECT apisync.create_job('bench_{kind}', 'bench_{kind}', {url}, path => '$.data', paging => {paging});"
+            ))
+            .unwrap();
+    }
+    // The CSV holds exactly the rows the API serves (this also warms devapi's page cache).
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO bench_local SELECT * FROM api_fetch({url}, path => '$.data', paging => {paging}, row_type => NULL::bench_local);
+             COPY bench_local TO {csv} (FORMAT csv);"
+        ))
+        .unwrap();
+    let ways = ["COPY", "INSERT … SELECT FROM api_fetch", "run_job (append)"];
+    let mut seconds: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (kind, _) in tables {
+        let table = format!("bench_{kind}");
+        let statements = [
+            format!("COPY {table} FROM {csv} (FORMAT csv)"),
+            format!(
+                "INSERT INTO {table} SELECT * FROM api_fetch({url}, path => '$.data', paging => {paging}, row_type => NULL::{table})"
+            ),
+            format!("SELECT apisync.run_job('{table}')"),
+        ];
+        let mut medians = Vec::new();
+        for statement in &statements {
+            let mut times: Vec<f64> = (0..rounds)
+                .map(|_| {
+                    admin
+                        .batch_execute(&format!(
+                            "TRUNCATE {table}; CHECKPOINT; SELECT run_command_on_workers('CHECKPOINT');"
+                        ))
+                        .unwrap();
+                    let start = Instant::now();
+                    admin.batch_execute(statement).unwrap();
+                    let took = start.elapsed().as_secs_f64();
+                    let loaded = one::<i64>(&mut admin, &format!("SELECT count(*) FROM {table}"));
+                    assert_eq!(loaded as u64, rows, "{statement}");
+                    took
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            medians.push(times[times.len() / 2]);
+        }
+        seconds.push((kind, medians));
+    }
+    println!("\n{rows} rows, median of {rounds} rounds: rows/s, and in brackets the time against the same way into the local table, then against COPY into the same table");
+    println!("| table | {} |", ways.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(ways.len()));
+    for (kind, medians) in &seconds {
+        let cells: Vec<String> = medians
+            .iter()
+            .zip(&seconds[0].1)
+            .map(|(s, local)| {
+                format!(
+                    "{:.0} ({:.2}× local, {:.2}× COPY)",
+                    rows as f64 / s,
+                    s / local,
+                    s / medians[0]
+                )
+            })
+            .collect();
+        println!("| {kind} | {} |", cells.join(" | "));
+    }
+}
