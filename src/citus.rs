@@ -66,7 +66,7 @@ pub fn require_coordinator(what: &str) -> Result<()> {
         format!("{what} happens on the Citus coordinator only: this database is a Citus worker node"),
     )
     .with_detail("a worker's copy of pg_apisync has its own secrets and grants, and would run jobs once per node")
-    .with_hint("connect to the coordinator; a call over a distributed table's rows runs on the workers, so gather those rows on the coordinator first (a temporary table)"))
+    .with_hint("connect to the coordinator; a call per row of a distributed table runs on the workers: give one api_fetch those rows as params instead"))
 }
 
 /// Whether Citus manages `relation` (distributed, reference or Citus-local): its rows live in

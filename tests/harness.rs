@@ -7,6 +7,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+pub mod docs;
+
 pub use devapi::DevApi;
 pub use postgres::{Client, NoTls};
 

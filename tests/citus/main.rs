@@ -450,3 +450,18 @@ fn rows_per_second_into_distributed_and_local_tables() {
         println!("| {kind} | {} |", cells.join(" | "));
     }
 }
+
+#[test]
+fn the_citus_page_of_docs_runs_and_prints_what_it_shows() {
+    let pages = harness::docs::pages(true);
+    assert!(
+        !pages.is_empty(),
+        "no page of docs/ is marked for the Citus tier"
+    );
+    for page in pages {
+        // A cluster of the page's own: the ids and counts it shows are its own.
+        let citus = Citus::start();
+        let checked = harness::docs::check(&page, &citus.coordinator, "postgres");
+        assert!(checked >= 5, "{}: only {checked} examples", page.display());
+    }
+}
