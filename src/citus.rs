@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 
 use crate::error::{Error, Result, SqlState};
+use crate::sql::read_one;
 
 /// Whether this database is a Citus worker node: Citus is installed and the node's group is not
 /// the coordinator's (0; a Citus database with no nodes registered is a coordinator too).
@@ -28,19 +29,8 @@ fn installed() -> bool {
     .unwrap_or(false)
 }
 
-/// One value by a read-only query: no transaction id is taken, so it works on a standby and
-/// costs an `api_fetch` nothing.
-fn read<T: pgrx::FromDatum + pgrx::IntoDatum>(
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid<'_>],
-) -> Option<T> {
-    Spi::connect(|client| client.select(sql, Some(1), args)?.first().get_one::<T>())
-        .ok()
-        .flatten()
-}
-
 fn read_bool(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<bool> {
-    read::<bool>(sql, args)
+    read_one::<bool>(sql, args).ok().flatten()
 }
 
 /// The distribution column of a hash-distributed table (`None` for any other table): upsert and
@@ -49,11 +39,13 @@ pub fn distribution_column(relation: pg_sys::Oid) -> Option<String> {
     if !installed() {
         return None;
     }
-    read::<String>(
+    read_one::<String>(
         "SELECT pg_catalog.column_to_column_name(logicalrelid, partkey) FROM pg_catalog.pg_dist_partition
          WHERE logicalrelid OPERATOR(pg_catalog.=) $1 AND partmethod OPERATOR(pg_catalog.=) 'h'",
         &[relation.into()],
     )
+    .ok()
+    .flatten()
 }
 
 /// `what` (a request, a run) happens on the coordinator only.

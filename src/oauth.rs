@@ -384,7 +384,7 @@ fn exchange(request: &Request) -> Result<Granted> {
         crate::interrupt::wait(&http.runtime, endpoint.exchange(&client, &form, &secrets))??;
     if let Some(rotated) = granted.refresh_token.filter(|t| *t != refresh_token) {
         secrets.push(rotated.clone());
-        Spi::run_with_args(
+        crate::sql::run(
             "UPDATE apisync.secrets SET value = $3, created_at = pg_catalog.now()
              WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole AND name OPERATOR(pg_catalog.=) $2",
             &[owner.into(), name.into(), rotated.as_str().into()],

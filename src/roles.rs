@@ -5,7 +5,6 @@
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys::{self, Oid};
-use pgrx::prelude::*;
 
 use crate::error::{Error, Result, SqlState};
 
@@ -68,8 +67,9 @@ pub fn as_catalog_owner<R>(body: impl FnOnce() -> R) -> R {
 }
 
 fn extension_owner() -> Oid {
-    Spi::get_one::<Oid>(
+    crate::sql::read_one::<Oid>(
         "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_apisync'",
+        &[],
     )
     .ok()
     .flatten()
@@ -86,7 +86,7 @@ pub fn role_name(role: Oid) -> Option<String> {
     if role == Oid::INVALID {
         return None;
     }
-    Spi::get_one_with_args::<String>(
+    crate::sql::read_one::<String>(
         "SELECT rolname::pg_catalog.text FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) $1",
         &[role.into()],
     )
@@ -122,12 +122,13 @@ pub fn quote(name: &str) -> String {
 /// The network is reached only by roles with EXECUTE on `api_fetch` (DESIGN.md §2.6). A job's
 /// fetch checks its owner here before the first request of each run; create_job checks its caller.
 pub fn require_network_privilege(role: Oid) -> Result<()> {
-    let api_fetch = Spi::get_one::<Oid>(
+    let api_fetch = crate::sql::read_one::<Oid>(
         "SELECT p.oid FROM pg_catalog.pg_proc p
          JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
               AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
          JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
          WHERE e.extname OPERATOR(pg_catalog.=) 'pg_apisync' AND p.proname OPERATOR(pg_catalog.=) 'api_fetch'",
+        &[],
     )
     .ok()
     .flatten()

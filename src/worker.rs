@@ -265,8 +265,9 @@ impl Launcher {
         crate::shmem::set_scheduled_runs(self.workers.len());
         let now = Utc::now();
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            let installed = Spi::get_one::<String>(
+            let installed = crate::sql::read_one::<String>(
                 "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_apisync'",
+                &[],
             )
             .ok()
             .flatten();
@@ -280,8 +281,9 @@ impl Launcher {
                 return;
             }
             self.idle = None;
-            let _ = Spi::run(
+            let _ = crate::sql::run(
                 "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL lock_timeout = '5s'",
+                &[],
             );
             catalog::fail_interrupted_runs(None);
             if self

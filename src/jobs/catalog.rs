@@ -150,7 +150,7 @@ pub fn update(job: &JobRow) -> Result<()> {
     let mut args = job_datums(job);
     args.push(job.job_id.into());
     as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "UPDATE apisync.jobs SET name = $1, owner = $2::pg_catalog.regrole, target = $3::pg_catalog.regclass,
                     url = $4, method = $5, body = $6, path = $7, headers = $8, paging = $9, options = $10,
                     write_method = $11, key_columns = $12, schedule = $13, enabled = $14,
@@ -164,7 +164,7 @@ pub fn update(job: &JobRow) -> Result<()> {
 
 pub fn delete(job_id: i64) -> Result<()> {
     as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "DELETE FROM apisync.jobs WHERE job_id OPERATOR(pg_catalog.=) $1",
             &[job_id.into()],
         )
@@ -200,7 +200,7 @@ pub fn touched_by_this_transaction(query: &str, args: &[pgrx::datum::DatumWithOi
 /// Records when the scheduler starts `job_id` next (`None`: never), for `apisync.job_status`.
 pub fn set_next_run(job_id: i64, next: Option<chrono::DateTime<chrono::Utc>>) {
     as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "INSERT INTO apisync.job_schedule (job_id, next_run)
              SELECT $1, $2::pg_catalog.text::pg_catalog.timestamptz
              WHERE EXISTS (SELECT 1 FROM apisync.jobs WHERE job_id OPERATOR(pg_catalog.=) $1)
@@ -215,7 +215,7 @@ pub fn set_next_run(job_id: i64, next: Option<chrono::DateTime<chrono::Utc>>) {
 /// Forgets the next runs of jobs this scheduler no longer schedules.
 pub fn keep_next_runs_of(job_ids: &[i64]) {
     as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "DELETE FROM apisync.job_schedule WHERE job_id OPERATOR(pg_catalog.<>) ALL ($1)",
             &[job_ids.to_vec().into()],
         )
@@ -293,7 +293,7 @@ fn try_lock(tag: pg_sys::LOCKTAG) -> bool {
 /// runs of every job whose run lock nobody holds.
 pub fn fail_interrupted_runs(job_id: Option<i64>) {
     let _ = as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "UPDATE apisync.job_runs r SET status = 'failed', finished_at = pg_catalog.clock_timestamp(),
                     sqlstate = '57P01',
                     error = 'interrupted: its worker ended before the run finished (crash, restart or termination)'
@@ -316,7 +316,7 @@ pub fn fail_interrupted_runs(job_id: Option<i64>) {
 pub fn begin_run(job: &JobRow, run_id: i64, trigger: &str, locked: bool) -> Result<()> {
     let status = if locked { "running" } else { "skipped" };
     as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "INSERT INTO apisync.job_runs (run_id, job_id, job_name, owner, trigger, status, pid, finished_at, error)
              VALUES ($1, $2, $3, $4::pg_catalog.regrole, $5, $6, pg_catalog.pg_backend_pid(),
                      CASE WHEN $6 OPERATOR(pg_catalog.=) 'skipped' THEN pg_catalog.clock_timestamp() END,
@@ -433,7 +433,7 @@ pub fn record(run_id: i64, stats: &FetchStats, written: &Written, outcome: Outco
 pub fn save_rejects(run_id: i64, owner: Oid, rows: Vec<Rejected>) -> Result<i64> {
     as_catalog_owner(|| {
         for row in &rows {
-            Spi::run_with_args(
+            crate::sql::run(
                 "INSERT INTO apisync.rejected_rows (run_id, row_number, raw, error, sqlstate, owner)
                  VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole)",
                 &[
@@ -459,14 +459,15 @@ pub fn save_rejects(run_id: i64, owner: Oid, rows: Vec<Rejected>) -> Result<i64>
 /// Deletes runs finished more than `days` ago and their rejected rows.
 pub fn trim_history(days: i32) {
     let _ = as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::sql::run(
             "DELETE FROM apisync.job_runs
              WHERE finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1))",
             &[days.into()],
         )?;
-        Spi::run(
+        crate::sql::run(
             "DELETE FROM apisync.rejected_rows j
              WHERE NOT EXISTS (SELECT 1 FROM apisync.job_runs r WHERE r.run_id OPERATOR(pg_catalog.=) j.run_id)",
+            &[],
         )
     });
 }

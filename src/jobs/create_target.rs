@@ -92,9 +92,9 @@ pub fn create_or_match(named: &Named, owner: Oid, args: &mut JobArgs) -> Result<
             oid
         }
         None => {
-            Spi::run(&suggestion.create_table(&named.qualified, quote)).map_err(|e| {
-                Error::internal(format!("could not create {}: {e}", named.qualified))
-            })?;
+            crate::sql::run(&suggestion.create_table(&named.qualified, quote), &[]).map_err(
+                |e| Error::internal(format!("could not create {}: {e}", named.qualified)),
+            )?;
             resolve(&named.qualified)?
                 .oid
                 .ok_or_else(|| Error::internal("the created target was not found"))?

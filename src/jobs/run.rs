@@ -297,8 +297,11 @@ pub(crate) fn transaction<R>(body: impl FnOnce() -> R) -> R {
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    Spi::run("SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL lock_timeout = '10s'")
-        .unwrap_or_else(|e| error!("apisync run: {e}"));
+    crate::sql::run(
+        "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL lock_timeout = '10s'",
+        &[],
+    )
+    .unwrap_or_else(|e| error!("apisync run: {e}"));
     let result = body();
     // SAFETY: closes what was opened above.
     unsafe {

@@ -41,6 +41,65 @@ impl<T> OrRaise<T> for Result<T, Error> {
     }
 }
 
+/// One value by a read-only query, in the statement's snapshot (or, once this transaction has
+/// written, a fresh one, as pgrx's SPI reads): `None` for no row or NULL. pgrx's `Spi::get_one`
+/// runs every query as an update, which takes a transaction id — a commit record for every read
+/// of an otherwise read-only `SELECT … FROM api_fetch`, and an error on a standby. Lookups read
+/// with this instead.
+pub fn read_one<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<Option<T>, pgrx::spi::Error> {
+    pgrx::spi::Spi::connect(|client| {
+        match client.select(sql, Some(1), args)?.first().get_one::<T>() {
+            Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
+            other => other,
+        }
+    })
+}
+
+/// Runs `sql` (any statements; `args` as $1, $2, …), taking a transaction id only when it writes
+/// a row — as PostgreSQL itself does. pgrx's `Spi::run` takes one before it starts, so a
+/// scheduler round with nothing to do committed a transaction id every tick, and a no-op write in
+/// a read-only call needed one. Reads that follow see what this wrote: pgrx reads with a fresh
+/// snapshot once the transaction has an id.
+pub fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<(), pgrx::spi::Error> {
+    let Ok(text) = std::ffi::CString::new(sql) else {
+        raise(Error::invalid("a NUL character in a statement"))
+    };
+    let mut types: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let mut values: Vec<pgrx::pg_sys::Datum> = args
+        .iter()
+        .map(|a| {
+            a.datum()
+                .map_or(pgrx::pg_sys::Datum::from(0), |d| d.sans_lifetime())
+        })
+        .collect();
+    let nulls: Vec<std::ffi::c_char> = args
+        .iter()
+        .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+        .collect();
+    pgrx::spi::Spi::connect(|_| {
+        // SAFETY: SPI is connected; the argument arrays outlive the call and match in length.
+        let status = unsafe {
+            if args.is_empty() {
+                pgrx::pg_sys::SPI_execute(text.as_ptr(), false, 0)
+            } else {
+                pgrx::pg_sys::SPI_execute_with_args(
+                    text.as_ptr(),
+                    args.len() as i32,
+                    types.as_mut_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    false,
+                    0,
+                )
+            }
+        };
+        pgrx::spi::Spi::check_status(status).map(|_| ())
+    })
+}
+
 /// The arguments every network function shares, as the spec takes them. Checks the database
 /// encoding first: text Datums are made from Rust's UTF-8 strings without conversion.
 pub fn request_args<'a>(

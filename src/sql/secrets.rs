@@ -20,14 +20,13 @@ pub fn lookup(owner: Oid, names: &[String]) -> HashMap<String, String> {
     }
     as_catalog_owner(|| {
         for name in names {
-            let value = match Spi::get_one_with_args::<String>(
+            let value = match super::read_one::<String>(
                 "SELECT value FROM apisync.secrets
                  WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole AND name OPERATOR(pg_catalog.=) $2",
                 &[owner.into(), name.as_str().into()],
             ) {
-                Ok(value) => value,
                 // No row: not this role's secret.
-                Err(pgrx::spi::Error::InvalidPosition) => None,
+                Ok(value) => value,
                 Err(e) => Err(Error::internal(format!(
                     "could not read secret \"{name}\": {e}"
                 )))
@@ -44,7 +43,7 @@ pub fn lookup(owner: Oid, names: &[String]) -> HashMap<String, String> {
 /// Whether `owner` has a secret `name`.
 pub fn exists(owner: Oid, name: &str) -> bool {
     as_catalog_owner(|| {
-        Spi::get_one_with_args::<bool>(
+        super::read_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM apisync.secrets
              WHERE owner OPERATOR(pg_catalog.=) $1::pg_catalog.regrole AND name OPERATOR(pg_catalog.=) $2)",
             &[owner.into(), name.into()],
@@ -74,7 +73,7 @@ mod apisync {
         }
         let owner = current_user();
         as_catalog_owner(|| {
-            Spi::run_with_args(
+            crate::sql::run(
                 "INSERT INTO apisync.secrets (owner, name, value) VALUES ($1::pg_catalog.regrole, $2, $3)
                  ON CONFLICT (owner, name) DO UPDATE SET value = EXCLUDED.value, created_at = pg_catalog.now()",
                 &[owner.into(), name.into(), value.into()],

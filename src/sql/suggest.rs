@@ -57,7 +57,7 @@ pub fn sample(spec: FetchSpec, role: Oid) -> Vec<Value> {
 /// The table for `rows`: each key's type is the first candidate every value converts to.
 pub fn infer(rows: &[Value]) -> Suggestion {
     suggest(rows, |sql_type, values| {
-        let typoid = Spi::get_one_with_args::<Oid>(
+        let typoid = crate::sql::read_one::<Oid>(
             "SELECT pg_catalog.to_regtype($1)::pg_catalog.oid",
             &[sql_type.into()],
         )
@@ -73,7 +73,7 @@ pub fn infer(rows: &[Value]) -> Suggestion {
 /// `name` (as `parse_ident` reads it: `users`, `staging."Users"`) quoted part by part.
 fn quoted_name(name: &str) -> String {
     let parts =
-        Spi::get_one_with_args::<Vec<String>>("SELECT pg_catalog.parse_ident($1)", &[name.into()])
+        crate::sql::read_one::<Vec<String>>("SELECT pg_catalog.parse_ident($1)", &[name.into()])
             .unwrap_or_else(|e| {
                 raise(Error::invalid(format!(
                     "invalid table name \"{name}\": {e}"

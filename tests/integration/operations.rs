@@ -490,6 +490,118 @@ fn kill_switch_run_log_line_max_run_time_and_standby() {
     assert!(message.contains("standby"), "{message}");
 }
 
+/// The next transaction id the cluster will hand out (asking takes none).
+fn next_xid(client: &mut harness::Client) -> String {
+    client
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn reads_and_idle_scheduler_rounds_take_no_transaction_id_and_reads_work_on_a_standby() {
+    let cluster = private_cluster();
+    // An idle scheduler commits nothing: its rounds (one a second) with a job that is not due
+    // take no transaction id (no autovacuum to take one either, while this looks).
+    let mut admin = cluster.connect();
+    admin
+        .batch_execute("ALTER SYSTEM SET autovacuum = off")
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_reload_conf();
+             CREATE TABLE idle (id bigint);
+             SELECT apisync.create_job('idle', 'idle', {}, schedule => '0 3 1 1 *');",
+            lit(&api().url("/api/users"))
+        ))
+        .unwrap();
+    until(
+        &cluster,
+        "SELECT next_run IS NOT NULL FROM apisync.job_status WHERE name = 'idle'",
+    );
+    let before = next_xid(&mut admin);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        next_xid(&mut admin),
+        before,
+        "the scheduler took transaction ids while idle"
+    );
+    cluster
+        .connect()
+        .batch_execute(&format!(
+            "CREATE ROLE reader LOGIN;
+             GRANT EXECUTE ON FUNCTION {API_FETCH} TO reader;
+             GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO reader;"
+        ))
+        .unwrap();
+    let mut reader = cluster.connect_as("reader");
+    for (name, value) in [
+        ("token", "tok-secret"),
+        ("client", "c-secret"),
+        ("refresh", "r-1"),
+    ] {
+        reader
+            .execute("SELECT apisync.create_secret($1, $2)", &[&name, &value])
+            .unwrap();
+    }
+    let users = lit(&api().url("/api/users?pageSize=100"));
+    let bearer = lit(&api().url("/auth/bearer"));
+    let reads = [
+        (
+            format!("SELECT count(*)::text FROM api_fetch({users}, path => '$.data')"),
+            "57",
+        ),
+        (
+            format!(
+                r#"SELECT string_agg(r::text, ',') FROM api_fetch({bearer}, path => '$.data',
+                       options => '{{"auth": {{"type": "bearer", "secret": "token"}}}}') r"#
+            ),
+            r#"{"auth": "bearer"}"#,
+        ),
+        (
+            format!("SELECT status::text FROM api_request({users})"),
+            "200",
+        ),
+        (
+            format!("SELECT left(apisync.suggest_table('people', {users}, path => '$.data'), 21)"),
+            "CREATE TABLE people (",
+        ),
+    ];
+    // A read-only transaction stays one: no transaction id, no commit record for a SELECT.
+    for (sql, expected) in &reads {
+        let mut transaction = reader.transaction().unwrap();
+        let got: String = transaction.query_one(sql.as_str(), &[]).unwrap().get(0);
+        assert_eq!(&got, expected, "{sql}");
+        let xid_taken: bool = transaction
+            .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        assert!(!xid_taken, "{sql} took a transaction id");
+        transaction.commit().unwrap();
+    }
+    // So the same reads work on a standby, with the secrets the primary stored.
+    let standby = cluster.standby();
+    let mut replica = standby.connect_as("reader");
+    for (sql, expected) in &reads {
+        let got: String = replica
+            .query_one(sql.as_str(), &[])
+            .unwrap_or_else(|e| panic!("{sql} on the standby: {e:?}"))
+            .get(0);
+        assert_eq!(&got, expected, "{sql} on the standby");
+    }
+    // An OAuth2 refresh-token exchange stores the refresh token it is given: not on a standby.
+    let oauth = serde_json::json!({"auth": {"type": "oauth2_refresh_token",
+        "token_url": api().url("/rotating/token"), "client_id": "standby",
+        "secret": "client", "refresh_token_secret": "refresh"}});
+    let (code, message, _) = sql_error(replica.batch_execute(&format!(
+        "SELECT count(*) FROM api_fetch({}, options => {})",
+        lit(&api().url("/rotating/data")),
+        lit(&oauth.to_string())
+    )));
+    assert_eq!(code, "25006", "{message}");
+    assert!(message.contains("cannot be used on a standby"), "{message}");
+}
+
 #[test]
 fn job_status_shows_the_last_run_the_failures_since_a_success_and_the_next_run() {
     let mut user = user();
