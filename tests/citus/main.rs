@@ -121,6 +121,43 @@ fn jobs_append_replace_and_upsert_into_a_distributed_table() {
 }
 
 #[test]
+fn the_coordinator_runs_scheduled_jobs() {
+    let mut admin = coordinator();
+    admin
+        .batch_execute(
+            "CREATE TABLE scheduled (id bigint PRIMARY KEY, name text, city text, active boolean);
+             SELECT create_distributed_table('scheduled', 'id');
+             GRANT SELECT, INSERT, DELETE, TRUNCATE ON scheduled TO api_user;",
+        )
+        .unwrap();
+    let mut user = citus().coordinator.connect_as("api_user");
+    user.batch_execute(&format!(
+        "SELECT apisync.create_job('every_second', 'scheduled', {}, path => '$.data',
+             write_method => 'replace', schedule => '1 seconds')",
+        lit(&api().url(USERS))
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while one::<i64>(
+        &mut user,
+        "SELECT count(*) FROM apisync.job_runs WHERE job_name = 'every_second' AND trigger = 'schedule' AND status = 'succeeded'",
+    ) < 2
+    {
+        assert!(Instant::now() < deadline, "{}", citus().coordinator.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    user.batch_execute("SELECT apisync.alter_job('every_second', enabled => false)")
+        .unwrap();
+    assert_eq!(
+        one::<String>(
+            &mut user,
+            "SELECT count(*) || ' ' || sum(id) FROM scheduled"
+        ),
+        "57 1653"
+    );
+}
+
+#[test]
 fn a_worker_node_makes_no_request_and_runs_no_job() {
     let citus = citus();
     let url = lit(&api().url(USERS));
@@ -203,13 +240,24 @@ fn mirror_into_a_distributed_table_and_keys_without_the_distribution_column() {
              SELECT create_distributed_table('by_email', 'id');",
         )
         .unwrap();
-    let (code, message, _) = sql_error(admin.batch_execute(&format!(
-        "SELECT apisync.create_job('by_email', 'by_email', {url}, path => '$.data', write_method => 'upsert', key_columns => '{{email}}')"
-    )));
-    assert_eq!(code, "0A000", "{message}");
+    let error = admin
+        .batch_execute(&format!(
+            "SELECT apisync.create_job('by_email', 'by_email', {url}, path => '$.data', write_method => 'upsert', key_columns => '{{email}}')"
+        ))
+        .unwrap_err();
+    let error = error.as_db_error().expect("a server error");
+    assert_eq!(error.code().code(), "0A000", "{}", error.message());
     assert!(
-        message.contains("include its distribution column id"),
-        "{message}"
+        error
+            .message()
+            .contains("include its distribution column id"),
+        "{}",
+        error.message()
+    );
+    // A hint one can follow: not the unique index on (email) that Citus would refuse.
+    assert_eq!(
+        error.hint(),
+        Some("give key_columns that include id, or write with append or replace")
     );
 }
 
