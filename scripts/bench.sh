@@ -184,13 +184,12 @@ for label in $(printf '%s\n' "${!spread[@]}" | sort); do echo "  $label ${spread
 # 13. Citus, when its source is at hand: the same rows into a local, a hash-distributed and a
 # reference table of a coordinator and two workers on this machine (the Citus test tier's cluster,
 # with the release build installed above). CITUS_ROWS defaults to a fifth of ROWS: 27 loads.
-citus_tarball=${CITUS_TARBALL:-$(cd .. && pwd)/shared/vendor/citus-13.2.2.tar.gz}
 echo
-if [ -f "$citus_tarball" ]; then
-    CITUS_TARBALL=$citus_tarball scripts/citus.sh >/dev/null
+if missing=$(scripts/citus.sh --check); then
+    scripts/citus.sh >/dev/null
     echo "13. Citus 13.2.2, a coordinator and two workers on this machine:"
     ROWS=${CITUS_ROWS:-$(( ROWS / 5 ))} ROUNDS=$ROUNDS cargo test --release --quiet -p apisync-tests --test citus -- \
         --ignored --nocapture rows_per_second_into_distributed_and_local_tables 2>&1 | sed -n '/^[0-9]* rows, /,/^| reference/p'
 else
-    echo "13. Citus NOT MEASURED: no tarball at $citus_tarball (set CITUS_TARBALL)"
+    echo "13. Citus NOT MEASURED: $missing"
 fi

@@ -3,11 +3,16 @@
 # cached outside the checkout, keyed by the tarball's SHA-256, so later runs only install it.
 #   CITUS_TARBALL   the tarball (default: ../shared/vendor/citus-13.2.2.tar.gz from the checkout)
 #   APISYNC_CACHE   where builds are kept (default: /var/cache/pg_apisync, or ~/.cache/pg_apisync)
+# `scripts/citus.sh --check` only says whether the tarball is there (exit 0), or where it is not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 
 tarball=${CITUS_TARBALL:-$(cd .. && pwd)/shared/vendor/citus-13.2.2.tar.gz}
+if [ "${1:-}" = --check ]; then
+    [ -f "$tarball" ] || { echo "no tarball at $tarball (set CITUS_TARBALL)"; exit 1; }
+    exit 0
+fi
 [ -f "$tarball" ] || { echo "citus: no tarball at $tarball (set CITUS_TARBALL)" >&2; exit 1; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ -z "${APISYNC_CACHE:-}" ]; then

@@ -49,12 +49,11 @@ echo "== golden SQL output (pg_regress)"
 scripts/regress.sh 2>&1 | tee -a "$LOG"
 
 echo "== Citus"
-citus_tarball=${CITUS_TARBALL:-$(cd .. && pwd)/shared/vendor/citus-13.2.2.tar.gz}
-if [ -f "$citus_tarball" ]; then
-    CITUS_TARBALL=$citus_tarball scripts/citus.sh
+if missing=$(scripts/citus.sh --check); then
+    scripts/citus.sh
     cargo test -p apisync-tests --test citus 2>&1 | tee -a "$LOG"
 else
-    echo "!! Citus tier NOT RUN: no tarball at $citus_tarball (set CITUS_TARBALL)"
+    echo "!! Citus tier NOT RUN: $missing"
 fi
 
 echo "== the Debian package"

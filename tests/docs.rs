@@ -115,7 +115,8 @@ fn psql(cluster: &Cluster, database: &str, sql: &str) -> Result<String, String> 
     }
 }
 
-/// The pages of docs/, by name; `citus` chooses the pages of the Citus tier or the others.
+/// The pages of docs/ that have SQL examples, by name; `citus` chooses the pages of the Citus
+/// tier or the others.
 pub fn pages(citus: bool) -> Vec<PathBuf> {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"));
     let mut pages: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -124,7 +125,7 @@ pub fn pages(citus: bool) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
         .filter(|p| {
             let text = std::fs::read_to_string(p).unwrap_or_default();
-            text.contains(CITUS_MARK) == citus
+            text.contains("```sql") && text.contains(CITUS_MARK) == citus
         })
         .collect();
     pages.sort();
