@@ -158,7 +158,7 @@ impl Cluster {
         cleanup.push(dir.clone());
         drop(cleanup);
         let cluster = Cluster { dir, port };
-        cluster.pg_ctl(&["-w", "-t", "60", "start"]);
+        cluster.start_again();
         cluster
     }
 
@@ -189,7 +189,7 @@ impl Cluster {
         self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
     }
 
-    /// Starts a stopped cluster again.
+    /// Starts the (stopped) cluster.
     pub fn start_again(&self) {
         self.pg_ctl(&["-w", "-t", "60", "start"]);
     }
