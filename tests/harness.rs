@@ -77,6 +77,19 @@ pub fn connect_as(role: &str) -> Client {
     cluster().connect_as(role)
 }
 
+/// Runs `sql` as a superuser on the shared cluster, in one transaction that first takes the
+/// tests' grant lock. GRANT, REVOKE and DROP OWNED rewrite an object's catalog row (api_fetch's in
+/// pg_proc, schema public's in pg_namespace) without locking it first, and Postgres fails the
+/// second of two concurrent rewrites with "tuple concurrently updated": the tests that change the
+/// shared database's grants take turns.
+pub fn change_grants(sql: &str) {
+    connect()
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(7070, 1); {sql}; COMMIT"
+        ))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// A new superuser connection that collects NOTICEs and WARNINGs.
 pub fn connect_collecting() -> (Client, Arc<Mutex<Vec<String>>>) {
     cluster().connect_collecting("postgres")

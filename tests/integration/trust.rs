@@ -1,7 +1,7 @@
 //! The security model (DESIGN.md §2.6), tried as an unprivileged role would: each test fails on
 //! 0.1 and passes now.
 
-use harness::{api, connect, connect_as, lit, sql_error, Client};
+use harness::{api, change_grants, connect, connect_as, lit, sql_error, Client};
 
 const FETCH: &str = "api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement, jsonb)";
 
@@ -16,15 +16,13 @@ fn count(client: &mut Client, sql: &str) -> i64 {
 /// (quoted), so names that differ only in case are distinct roles.
 fn network_role(name: &str) {
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    connect()
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {quoted};
-             CREATE ROLE {quoted} LOGIN;
-             GRANT CREATE ON SCHEMA public TO {quoted};
-             GRANT EXECUTE ON FUNCTION {FETCH} TO {quoted};
-             GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO {quoted};"
-        ))
-        .unwrap();
+    change_grants(&format!(
+        "DROP ROLE IF EXISTS {quoted};
+         CREATE ROLE {quoted} LOGIN;
+         GRANT CREATE ON SCHEMA public TO {quoted};
+         GRANT EXECUTE ON FUNCTION {FETCH} TO {quoted};
+         GRANT EXECUTE ON FUNCTION api_request(text, text, jsonb, jsonb, jsonb) TO {quoted};"
+    ));
 }
 
 /// A table `table` (id, name) owned by `client`'s role and a job `job` loading the demo users into
@@ -118,11 +116,9 @@ fn the_network_is_reached_only_with_execute_on_api_fetch() {
         "trust_revoked_t",
         ", options => '{\"commit_every\": 1}'",
     );
-    connect()
-        .batch_execute(&format!(
-            "REVOKE EXECUTE ON FUNCTION {FETCH} FROM trust_revoked"
-        ))
-        .unwrap();
+    change_grants(&format!(
+        "REVOKE EXECUTE ON FUNCTION {FETCH} FROM trust_revoked"
+    ));
     let (code, message, _) = run_status(&mut owner, "revoked").unwrap_err();
     assert_eq!(code, "42501", "{message}");
     assert_eq!(api().requests_to("/t-revoked/api/users"), 0);
@@ -181,15 +177,13 @@ fn owners_are_exact_roles_whatever_their_names() {
 
 #[test]
 fn group_roles_own_jobs_that_run_with_their_rights() {
-    connect()
-        .batch_execute(&format!(
-            "CREATE ROLE trust_team NOLOGIN;
-             GRANT CREATE ON SCHEMA public TO trust_team;
-             GRANT EXECUTE ON FUNCTION {FETCH} TO trust_team;
-             CREATE ROLE trust_member LOGIN;
-             GRANT trust_team TO trust_member;"
-        ))
-        .unwrap();
+    change_grants(&format!(
+        "CREATE ROLE trust_team NOLOGIN;
+         GRANT CREATE ON SCHEMA public TO trust_team;
+         GRANT EXECUTE ON FUNCTION {FETCH} TO trust_team;
+         CREATE ROLE trust_member LOGIN;
+         GRANT trust_team TO trust_member;"
+    ));
     let mut member = connect_as("trust_member");
     member.batch_execute("SET ROLE trust_team").unwrap();
     job(&mut member, "team_job", "team_t", "");
@@ -471,10 +465,9 @@ fn a_dropped_owners_jobs_never_run() {
     job(&mut client, "orphan", "orphan_t", "");
     drop(client);
     let mut su = connect();
-    su.batch_execute(
+    change_grants(
         "REASSIGN OWNED BY trust_gone TO postgres; DROP OWNED BY trust_gone; DROP ROLE trust_gone",
-    )
-    .unwrap();
+    );
     // The job stays, owned by an OID no role has: it never runs, and says why.
     let (code, message, _) = sql_error(su.batch_execute("SELECT apisync.run_job('orphan')"));
     assert_eq!(code, "42704", "{message}");
