@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub mod docs;
 
@@ -75,6 +75,28 @@ pub fn connect() -> Client {
 /// A new connection as `role`.
 pub fn connect_as(role: &str) -> Client {
     cluster().connect_as(role)
+}
+
+/// Asks `ready` again every 50 ms until it gives a value, for at most `seconds`; `None` when it
+/// never did. For what another process does in its own time (a scheduler's tick, a worker started
+/// again, a reload, a fetch under way): how soon depends on the machine's load, so tests wait for
+/// it rather than sleep a guess.
+pub fn poll<T>(seconds: u64, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`poll`] for a condition: whether `ready` came true within `seconds`.
+pub fn wait_until(seconds: u64, mut ready: impl FnMut() -> bool) -> bool {
+    poll(seconds, || ready().then_some(())).is_some()
 }
 
 /// Runs `sql` as a superuser on the shared cluster, in one transaction that first takes the

@@ -2,9 +2,9 @@
 //! against devapi: what a user of a distributed database sees. Needs Citus installed
 //! (`scripts/citus.sh`); `scripts/test.sh` runs this as a tier of its own.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use harness::{api, citus, lit, sql_error, Citus, Client};
+use harness::{api, citus, lit, sql_error, wait_until, Citus, Client};
 
 const USERS: &str = "/api/users?pageSize=100";
 
@@ -137,15 +137,13 @@ fn the_coordinator_runs_scheduled_jobs() {
         lit(&api().url(USERS))
     ))
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while one::<i64>(
-        &mut user,
-        "SELECT count(*) FROM apisync.job_runs WHERE job_name = 'every_second' AND trigger = 'schedule' AND status = 'succeeded'",
-    ) < 2
-    {
-        assert!(Instant::now() < deadline, "{}", citus().coordinator.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ran = wait_until(30, || {
+        one::<i64>(
+            &mut user,
+            "SELECT count(*) FROM apisync.job_runs WHERE job_name = 'every_second' AND trigger = 'schedule' AND status = 'succeeded'",
+        ) >= 2
+    });
+    assert!(ran, "{}", citus().coordinator.log());
     user.batch_execute("SELECT apisync.alter_job('every_second', enabled => false)")
         .unwrap();
     assert_eq!(
@@ -180,14 +178,13 @@ fn a_worker_node_makes_no_request_and_runs_no_job() {
         assert_eq!(code, "0A000", "{sql}: {message}");
         assert!(message.contains("Citus coordinator only"), "{message}");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !worker
-        .log()
-        .contains("this database is a Citus worker node: no scheduled job runs")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", worker.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(20, || worker.log().contains(
+            "this database is a Citus worker node: no scheduled job runs"
+        )),
+        "{}",
+        worker.log()
+    );
     assert_eq!(
         one::<i64>(&mut on_worker, "SELECT count(*) FROM apisync.job_runs"),
         0
@@ -286,18 +283,13 @@ fn a_run_a_worker_drops_out_of_fails_whole_and_the_next_succeeds() {
     let run = std::thread::spawn(move || {
         sql_error(user.batch_execute("SELECT apisync.run_job('events')"))
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while one::<i64>(
-        &mut admin,
-        "SELECT coalesce(max(pages), 0) FROM apisync.fetch_progress WHERE run_id IS NOT NULL",
-    ) < 4
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the run never got to its fourth page"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(20, || one::<i64>(
+            &mut admin,
+            "SELECT coalesce(max(pages), 0) FROM apisync.fetch_progress WHERE run_id IS NOT NULL",
+        ) >= 4),
+        "the run never got to its fourth page"
+    );
     let down = &citus.workers[1];
     down.kill();
     let (code, message, _) = run.join().unwrap();

@@ -1,25 +1,19 @@
 //! Faults that need a cluster of their own.
 
 use super::*;
-use harness::{private_cluster, Client};
+use harness::{private_cluster, wait_until, Client};
 
 fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap().get(0)
 }
 
 fn wait_for(client: &mut Client, sql: &str, seconds: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if client
+    wait_until(seconds, || {
+        client
             .query_one(sql, &[])
             .map(|r| r.get::<_, bool>(0))
             .unwrap_or(false)
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
+    })
 }
 
 fn slow_job(client: &mut Client, name: &str) {

@@ -292,30 +292,30 @@ fn one_run_at_a_time_and_cancel_stops_the_worker() {
             "CREATE TABLE job_slow (id bigint, page int);
              SELECT apisync.create_job('job_slow', 'job_slow', {}, path => '$.data',
                  paging => '{{\"type\": \"page_number\", \"page_param\": \"page\", \"total_pages_path\": \"$.total_pages\"}}')",
-            lit(&api().url("/slowpages?pages=20&size=1&ms=250"))
+            lit(&api().url("/slowpages?pages=40&size=1&ms=250"))
         ))
         .unwrap();
     let first = std::thread::spawn(|| {
         let mut client = connect_as("api_user");
         client
-            .batch_execute("SET statement_timeout = '2s'")
+            .batch_execute("SET statement_timeout = '3s'")
             .unwrap();
         let started = Instant::now();
         let (code, _, _) = sql_error(client.batch_execute("SELECT apisync.run_job('job_slow')"));
         (code, started.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(700));
-    let progress: Option<String> = client
-        .query_one(
-            "SELECT progress FROM apisync.job_progress WHERE job_name = 'job_slow'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(
-        progress.is_some_and(|p| p.contains("pages")),
-        "progress is visible"
-    );
+    // Its progress shows once its worker has fetched a page (40 pages, 10 s in all: the 3 s
+    // statement_timeout ends it first).
+    let progress = harness::poll(3, || {
+        client
+            .query_opt(
+                "SELECT progress FROM apisync.job_progress WHERE job_name = 'job_slow' AND progress LIKE '%pages%'",
+                &[],
+            )
+            .unwrap()
+            .map(|row| row.get::<_, String>(0))
+    });
+    assert!(progress.is_some(), "progress is visible");
     // To its owner only: another role sees neither the run nor its worker's progress line.
     let mut other = connect_as("other_user");
     let seen: i64 = other
@@ -330,7 +330,7 @@ fn one_run_at_a_time_and_cancel_stops_the_worker() {
     assert_eq!(skipped.0, "skipped");
     let (code, elapsed) = first.join().unwrap();
     assert_eq!(code, "57014");
-    assert!(elapsed < Duration::from_millis(3500), "took {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(4500), "took {elapsed:?}");
     assert_eq!(
         count(&mut client, "SELECT count(*) FROM job_slow"),
         0,
@@ -344,7 +344,18 @@ fn one_run_at_a_time_and_cancel_stops_the_worker() {
             lit(&api().url("/slowpages?pages=2&size=1&ms=0"))
         ))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the cancelled run's worker has exited (its progress line gone with it), and with it
+    // the run lock it held.
+    assert!(harness::wait_until(10, || {
+        client
+            .query_one(
+                "SELECT bool_and(progress IS NULL) FROM apisync.job_progress WHERE job_name = 'job_slow'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(true)
+    }));
     assert_eq!(run(&mut client, "job_slow").0, "succeeded");
     let statuses: String = client
         .query_one("SELECT string_agg(status || coalesce(':' || sqlstate, ''), ',' ORDER BY run_id) FROM apisync.job_runs WHERE job_name = 'job_slow'", &[])
@@ -369,12 +380,10 @@ fn pg_cron_runs_a_job() {
             "UPDATE cron.job SET username = 'api_user' WHERE jobname = 'apisync-cron-test'",
         )
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut landed = 0;
-    while Instant::now() < deadline && landed == 0 {
-        std::thread::sleep(Duration::from_secs(1));
-        landed = count(&mut client, "SELECT count(*) FROM job_cron");
-    }
+    let landed = harness::poll(90, || {
+        Some(count(&mut client, "SELECT count(*) FROM job_cron")).filter(|rows| *rows > 0)
+    })
+    .unwrap_or(0);
     client
         .batch_execute(
             "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'apisync-cron-test'",

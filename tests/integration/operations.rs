@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use super::*;
-use harness::{bindir, cluster, private_cluster, Cluster};
+use harness::{bindir, cluster, poll, private_cluster, wait_until, Cluster};
 
 const API_FETCH_0_1: &str = "api_fetch(text, text, jsonb, text, jsonb, jsonb, jsonb, anyelement)";
 const API_FETCH: &str =
@@ -318,32 +318,25 @@ fn a_dump_restores_jobs_runs_and_ids_but_never_secrets() {
 /// Waits until `sql` (one text value) reads `expected` on `client`: for what the scheduler
 /// records, within a tick or two.
 fn eventually(client: &mut harness::Client, sql: &str, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got: Option<String> = client.query_one(sql, &[]).unwrap().get(0);
-        if got.as_deref() == Some(expected) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: {got:?}, not {expected}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut got: Option<String> = None;
+    let came = wait_until(15, || {
+        got = client.query_one(sql, &[]).unwrap().get(0);
+        got.as_deref() == Some(expected)
+    });
+    assert!(came, "{sql}: {got:?}, not {expected}");
 }
 
 /// Waits until `sql` is true on new connections (a reload reaches each backend at its next
 /// command).
 fn until(cluster: &Cluster, sql: &str) {
-    for _ in 0..100 {
-        let mut client = cluster.connect();
-        if client
+    let came = wait_until(10, || {
+        cluster
+            .connect()
             .query_one(sql, &[])
             .map(|r| r.get::<_, bool>(0))
             .unwrap_or(false)
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("never true: {sql}");
+    });
+    assert!(came, "never true: {sql}");
 }
 
 #[test]
@@ -401,14 +394,13 @@ fn kill_switch_run_log_line_max_run_time_and_standby() {
     admin
         .batch_execute("SELECT apisync.alter_job('users', enabled => false)")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cluster
-        .log()
-        .contains("apisync scheduler: pg_apisync is switched off")
-    {
-        assert!(Instant::now() < deadline, "{}", cluster.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(20, || cluster
+            .log()
+            .contains("apisync scheduler: pg_apisync is switched off")),
+        "{}",
+        cluster.log()
+    );
 
     admin
         .batch_execute("ALTER SYSTEM RESET apisync.enabled")
@@ -712,14 +704,12 @@ fn fetch_progress_shows_fetches_in_flight_and_max_requests_in_flight_caps_them()
     let mut user = cluster.connect_as("progress_user");
     let seen = "SELECT format('%s %s %s %s', kind, role, param_sets_total, url)
                 FROM apisync.fetch_progress WHERE pages > 0 LIMIT 1";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let row = loop {
-        if let Some(row) = user.query_opt(seen, &[]).unwrap() {
-            break row.get::<_, String>(0);
-        }
-        assert!(Instant::now() < deadline, "no fetch in progress was seen");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let row = poll(10, || {
+        user.query_opt(seen, &[])
+            .unwrap()
+            .map(|row| row.get::<_, String>(0))
+    })
+    .expect("no fetch in progress was seen");
     assert!(
         row.starts_with("api_fetch progress_user 12 http://127.0.0.1:"),
         "{row}"
@@ -788,17 +778,15 @@ fn one_launcher_schedules_several_databases_within_one_max_parallel_jobs() {
         .unwrap();
     cluster.restart();
     // Both databases' jobs run by schedule...
-    let deadline = Instant::now() + Duration::from_secs(30);
     for database in ["postgres", "second"] {
         let mut client = cluster.connect_to(database, "postgres");
-        while one::<i64>(
-            &mut client,
-            "SELECT count(*) FROM apisync.job_runs WHERE trigger = 'schedule' AND status = 'succeeded'",
-        ) < 2
-        {
-            assert!(Instant::now() < deadline, "{database}: {}", cluster.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let ran = wait_until(30, || {
+            one::<i64>(
+                &mut client,
+                "SELECT count(*) FROM apisync.job_runs WHERE trigger = 'schedule' AND status = 'succeeded'",
+            ) >= 2
+        });
+        assert!(ran, "{database}: {}", cluster.log());
     }
     // ... but never two at once: max_parallel_jobs counts the runs of every database.
     let most: i64 = one(

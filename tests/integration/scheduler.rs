@@ -6,14 +6,12 @@ fn count(client: &mut harness::Client, sql: &str) -> i64 {
 
 /// Waits up to `seconds` for `sql` to count at least `at_least`.
 fn eventually(client: &mut harness::Client, sql: &str, at_least: i64, seconds: u64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let got = count(client, sql);
-        if got >= at_least || Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut got = 0;
+    harness::wait_until(seconds, || {
+        got = count(client, sql);
+        got >= at_least
+    });
+    got
 }
 
 /// The pid of the background worker of `backend_type` ("apisync launcher", "apisync scheduler").
@@ -54,15 +52,9 @@ fn the_launcher_runs_scheduled_jobs_and_comes_back_when_killed() {
         admin
             .execute("SELECT pg_terminate_backend($1)", &[&before])
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut after = None;
-        while Instant::now() < deadline {
-            after = worker_pid(&mut admin, killed).filter(|pid| *pid != before);
-            if after.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let after = harness::poll(20, || {
+            worker_pid(&mut admin, killed).filter(|pid| *pid != before)
+        });
         assert!(after.is_some(), "{killed} was started again");
         let runs = count(&mut client, scheduled);
         assert!(
@@ -117,16 +109,13 @@ fn a_killed_run_worker_fails_its_run_and_the_next_run_works() {
         sql_error(connect_as("api_user").batch_execute("SELECT apisync.run_job('killed')"))
     });
     let mut admin = connect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut worker = None;
-    while worker.is_none() && Instant::now() < deadline {
-        worker = admin
+    let worker = harness::poll(10, || {
+        admin
             .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'apisync run' AND query LIKE '%pages%'", &[])
             .unwrap()
-            .map(|row| row.get::<_, i32>(0));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let worker = worker.expect("the run worker reports progress");
+            .map(|row| row.get::<_, i32>(0))
+    })
+    .expect("the run worker reports progress");
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&worker])
         .unwrap();
