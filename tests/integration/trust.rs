@@ -48,9 +48,6 @@ fn run_status(client: &mut Client, job: &str) -> Result<String, (String, String,
 fn the_network_is_reached_only_with_execute_on_api_fetch() {
     // plain_user has no EXECUTE on api_fetch: create_job refuses it, naming the GRANT.
     let mut plain = connect_as("plain_user");
-    plain
-        .batch_execute("CREATE TABLE IF NOT EXISTS public.plain_t (id bigint, name text)")
-        .ok();
     connect()
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS trust_plain (id bigint PRIMARY KEY, name text);
