@@ -264,23 +264,31 @@ fn jobs_are_refused_what_could_never_work() {
         assert_eq!(got, code, "{args}: {message}");
         assert!(message.contains(needle), "{args}: {message}");
     }
-    // 0.0.0.0 and :: reach the local host: never connected to, whatever denied_networks says.
-    connect_as("trust_checks")
+    // 0.0.0.0 and :: reach the local host: never connected to, whatever denied_networks says
+    // (which only a superuser may change).
+    let (code, message, _) = sql_error(client.batch_execute("SET apisync.denied_networks = ''"));
+    assert_eq!(code, "42501", "{message}");
+    let mut emptied = connect();
+    emptied
         .batch_execute("SET apisync.denied_networks = ''")
-        .ok();
+        .unwrap();
+    let port = api()
+        .url("/")
+        .split(':')
+        .nth(2)
+        .unwrap_or("80")
+        .trim_end_matches('/')
+        .to_string();
     for host in ["0.0.0.0", "[::]"] {
-        let port = api()
-            .url("/")
-            .split(':')
-            .nth(2)
-            .unwrap_or("80")
-            .trim_end_matches('/')
-            .to_string();
-        let (code, message, _) = sql_error(client.batch_execute(&format!(
-            "SELECT * FROM api_fetch('http://{host}:{port}/api/users')"
-        )));
-        assert_eq!(code, "42501", "{host}: {message}");
+        for session in [&mut client, &mut emptied] {
+            let (code, message, _) = sql_error(session.batch_execute(&format!(
+                "SELECT * FROM api_fetch('http://{host}:{port}/t-never-unspecified')"
+            )));
+            assert_eq!(code, "42501", "{host}: {message}");
+            assert!(message.contains("unspecified address"), "{host}: {message}");
+        }
     }
+    assert_eq!(api().requests_to("/t-never-unspecified"), 0);
 }
 
 #[test]
