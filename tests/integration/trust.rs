@@ -272,13 +272,7 @@ fn jobs_are_refused_what_could_never_work() {
     emptied
         .batch_execute("SET apisync.denied_networks = ''")
         .unwrap();
-    let port = api()
-        .url("/")
-        .split(':')
-        .nth(2)
-        .unwrap_or("80")
-        .trim_end_matches('/')
-        .to_string();
+    let port = api().addr().port();
     for host in ["0.0.0.0", "[::]"] {
         for session in [&mut client, &mut emptied] {
             let (code, message, _) = sql_error(session.batch_execute(&format!(
